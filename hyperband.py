@@ -1,0 +1,284 @@
+"""Search hyperparameters with Hyperband, running train.py for every trial.
+
+    python hyperband.py --model vgg11 --width 0.25 --max-epochs 9 --eta 3 --workers 2 --data-dir ~/data
+    python hyperband.py --max-epochs 81 --eta 3 --dry-run          # print the bracket table only
+    python hyperband.py --model resnet18 --max-epochs 27 --space space.toml --gpus 4 --per-gpu 2
+
+Killed at any moment, the same command run again carries on: it draws the same configurations,
+reads finished results from the search's journal and the checkpoint names, and resumes the rest.
+The leaderboard is printed at the end and written to SCRATCH/searches/<search>/leaderboard.csv.
+
+The driver never imports torch, the models or the data: each trial is a train.py subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+import checkpoint
+import plan
+import space
+from launcher import make_slots, visible_gpus
+from search import Search, SearchError, Trial, train_arguments
+
+log = logging.getLogger("hyperband")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = checkpoint.Config()
+    parser = argparse.ArgumentParser(
+        description="Search hyperparameters of one model with Hyperband; every trial is a train.py run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    search = parser.add_argument_group("search")
+    search.add_argument("--max-epochs", type=int, default=81, metavar="R",
+                        help="epochs of a configuration that survives every round (Hyperband's R)")
+    search.add_argument("--eta", type=int, default=2, metavar="ETA",
+                        help="reduction factor: each round keeps the best 1/ETA of its configurations")
+    search.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of the configurations drawn, and the training seed of each trial")
+    search.add_argument("--space", type=Path, default=None, metavar="FILE",
+                        help="TOML search space (default: lr log-uniform in [0.01, 0.4], lr-decay uniform "
+                             "in [0, 0.5], batch-size in {64, 128, 256}, lr-step R/3)")
+    search.add_argument("--dry-run", action="store_true", help="print the bracket table and exit")
+
+    model = parser.add_argument_group("model and data, passed to every trial")
+    model.add_argument("--model", default=defaults.model, metavar="NAME", help="model name, as in train.py")
+    model.add_argument("--width", type=float, default=defaults.width, metavar="FACTOR",
+                       help="multiplier of every layer's channel count")
+    model.add_argument("--dataset", default=defaults.dataset, choices=("cifar10", "cifar100"))
+    model.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                       help="folder holding the dataset (default: SCRATCH/data)")
+    model.add_argument("--val-fraction", type=float, default=defaults.val_fraction, metavar="FRACTION",
+                       help="fraction of the training images held out for validation")
+    model.add_argument("--scratch", type=Path, default=None, metavar="DIR",
+                       help="folder for checkpoints and the search's files (default: $SCRATCH, else ./scratch)")
+
+    slots = parser.add_argument_group("parallel trials")
+    slots.add_argument("--gpus", type=int, default=None, metavar="N",
+                       help="GPUs to use (default: every visible one; 0 runs on the CPU)")
+    slots.add_argument("--per-gpu", type=int, default=1, metavar="K", help="trials sharing each GPU")
+    slots.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="trials at once without a GPU; the CPU cores are split between them")
+    slots.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
+                       help="stop a trial after this long and rank it last (default: no limit)")
+    slots.add_argument("--quiet", action="store_true", help="no progress bar and no per-trial lines")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Reject invalid values with exit code 2 and a message naming the flag, before anything is written."""
+    rules = [
+        (args.max_epochs >= 1, "--max-epochs", args.max_epochs, "an integer >= 1"),
+        (args.eta >= 2, "--eta", args.eta, "an integer >= 2"),
+        (args.per_gpu >= 1, "--per-gpu", args.per_gpu, "an integer >= 1"),
+        (args.workers >= 1, "--workers", args.workers, "an integer >= 1"),
+        (args.gpus is None or args.gpus >= 0, "--gpus", args.gpus, "an integer >= 0"),
+        (args.trial_timeout is None or args.trial_timeout > 0, "--trial-timeout", args.trial_timeout,
+         "a number of seconds > 0"),
+    ]
+    for valid, flag, value, rule in rules:
+        if not valid:
+            parser.error(f"invalid {flag} {value}: must be {rule}")
+    for field in ("width", "seed", "val_fraction"):
+        rule = checkpoint.check_value(field, getattr(args, field))
+        if rule is not None:
+            parser.error(f"invalid --{field.replace('_', '-')} {getattr(args, field)}: must be {rule}")
+    if args.space is not None and not args.space.is_file():
+        parser.error(f"invalid --space {args.space}: file not found")
+
+
+def choose_gpus(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    visible = visible_gpus()
+    if args.gpus is None:
+        return visible
+    if args.gpus > len(visible):
+        parser.error(f"invalid --gpus {args.gpus}: only {len(visible)} GPUs are visible")
+    return visible[:args.gpus]
+
+
+# ---------------------------------------------------------------- the search's files
+
+
+def search_folder(scratch: Path, args: argparse.Namespace, space_text: str) -> Path:
+    """Return the folder of this search: readable settings plus a hash of everything that draws configurations."""
+    settings = json.dumps([args.dataset, args.model, args.width, args.val_fraction, args.max_epochs, args.eta,
+                           args.seed, space_text])
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
+    name = f"{args.dataset}_{args.model}_R{args.max_epochs}_eta{args.eta}_seed{args.seed}_{digest}"
+    return scratch / "searches" / name
+
+
+def lock_search(folder: Path):
+    """Hold an exclusive lock on the search folder, or exit naming the process that holds it."""
+    path = folder / ".lock"
+    file = open(path, "a+")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "unknown"
+        file.close()
+        raise SearchError(f"another hyperband.py (process {holder}) is running this search in {folder}; "
+                          f"wait for it to finish or stop it first") from None
+    file.seek(0)
+    file.truncate()
+    file.write(str(os.getpid()))
+    file.flush()
+    return file
+
+
+def write_leaderboard(path: Path, rows) -> None:
+    """Write the leaderboard as CSV, atomically."""
+    buffer = io.StringIO()
+    fields = [field.name for field in dataclasses.fields(checkpoint.Config)]
+    writer = csv.writer(buffer)
+    writer.writerow(["rank", "status", "epochs", "val_acc", "val_loss"] + fields + ["checkpoint"])
+    for row in rows:
+        result = row.result
+        writer.writerow([row.rank, result.status, result.epochs, result.val_acc, result.val_loss]
+                        + [getattr(row.config, field) for field in fields] + [result.checkpoint])
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp.write_text(buffer.getvalue())
+    os.replace(temp, path)
+
+
+def describe(config: checkpoint.Config, dimensions: list[space.Dimension]) -> str:
+    """Show the searched hyperparameters of `config` as flag=value pairs."""
+    fields = [d.field for d in dimensions if d.distribution != "fixed"] or ["lr"]
+    return " ".join(f"{space.flag_name(f)}={checkpoint.format_number(getattr(config, f))}" for f in fields)
+
+
+# ---------------------------------------------------------------- progress at the terminal
+
+
+class TqdmHandler(logging.Handler):
+    """Writes log records above the progress bar instead of through it."""
+
+    def emit(self, record):
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+class Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(args, parser)
+    handler = TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
+
+    # Plan
+    brackets = plan.plan_brackets(args.max_epochs, args.eta)
+    print(f"Hyperband plan for R={args.max_epochs}, eta={args.eta} (configurations x epochs per round):")
+    print(plan.format_plan(brackets), flush=True)
+    if args.dry_run:
+        return 0
+
+    try:
+        dimensions = space.load_space(args.space) if args.space else space.default_space(args.max_epochs)
+    except space.SpaceError as error:
+        parser.error(f"invalid --space {args.space}: {error}")
+    space_text = args.space.read_text() if args.space else ""
+
+    # Configurations, drawn from the seed in bracket order
+    rng = random.Random(args.seed)
+    base = checkpoint.Config(dataset=args.dataset, model=args.model, width=args.width, seed=args.seed,
+                             val_fraction=args.val_fraction)
+    configs = [space.sample_configs(dimensions, bracket.rounds[0].configs, rng, base) for bracket in brackets]
+
+    # Let train.py reject what it would reject, before anything runs
+    scratch, source = checkpoint.resolve_scratch(args.scratch)
+    check = subprocess.run(train_arguments(configs[0][0], 1, scratch, args.data_dir) + ["--check", "--quiet"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if check.returncode != 0:
+        message = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else f"exit code {check.returncode}"
+        print(f"error: train.py rejected this search's settings: {message}", file=sys.stderr)
+        return checkpoint.EXIT_USAGE
+
+    gpu_ids = choose_gpus(args, parser)
+    slots = make_slots(gpu_ids, args.per_gpu, args.workers, os.cpu_count() or 1)
+    folder = search_folder(scratch, args, space_text)
+    log.info("scratch folder: %s (%s); search folder: %s", scratch.resolve(), source, folder)
+    log.info("%d slots: %s", len(slots), ", ".join(slot.name for slot in slots))
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    total_epochs = sum(bracket.epochs_with_reuse for bracket in brackets)
+    bar = tqdm(total=total_epochs, unit="epoch", desc="search", disable=args.quiet, file=sys.stderr)
+    started = time.monotonic()
+
+    def on_result(trial: Trial, result) -> None:
+        bar.update(trial.epochs - trial.previous_epochs)
+        score = f"val acc {result.val_acc:.4f}" if result.status == "ok" else result.status
+        log.info("%s to %d epochs: %s (%s)", describe(trial.config, dimensions), trial.epochs, score,
+                 "from earlier run" if result.seconds == 0 else f"{result.seconds:.0f} s")
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = lock_search(folder)
+        search = Search(brackets, configs, args.eta, scratch, args.data_dir, folder, slots,
+                        trial_timeout=args.trial_timeout, on_result=on_result)
+        rows = search.run()
+    except SearchError as error:
+        bar.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except Terminated:
+        bar.close()
+        print("stopped by SIGTERM; running trials were stopped. Rerun the same command to resume.",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted; running trials were stopped. Rerun the same command to resume.", file=sys.stderr)
+        return 128 + signal.SIGINT
+    bar.close()
+
+    # Leaderboard
+    leaderboard_path = folder / "leaderboard.csv"
+    write_leaderboard(leaderboard_path, rows)
+    lock.close()
+    print(f"\nLeaderboard ({len(rows)} configurations, {time.monotonic() - started:.0f} s):")
+    print(f"{'rank':>4}  {'epochs':>6}  {'val acc':>7}  {'status':<8}  configuration")
+    for row in rows:
+        acc = f"{row.result.val_acc:.4f}" if row.result.val_acc is not None else "-"
+        print(f"{row.rank:>4}  {row.result.epochs:>6}  {acc:>7}  {row.result.status:<8}  "
+              f"{describe(row.config, dimensions)}")
+    best = rows[0]
+    print(f"\nBest checkpoint: {best.result.checkpoint}")
+    print(f"Reproduce it:    {' '.join(['python', 'train.py'] + train_arguments(best.config, best.result.epochs, scratch, args.data_dir)[2:])}")
+    print(f"Leaderboard CSV: {leaderboard_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
