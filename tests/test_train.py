@@ -1,0 +1,296 @@
+"""train.py end to end, as a subprocess: resume, idempotence, damage, kills, locking, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+from conftest import FAST, ROOT, checkpoint_files, result_of, run_train
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def latest_checkpoint(scratch: Path) -> Path:
+    files = checkpoint_files(scratch)
+    return max(files, key=lambda p: checkpoint.parse_name(p.name).epoch)
+
+
+def assert_states_equal(first: dict, second: dict) -> None:
+    assert first["model"].keys() == second["model"].keys()
+    for key in first["model"]:
+        assert torch.equal(first["model"][key], second["model"][key]), key
+    first_optimizer, second_optimizer = first["optimizer"]["state"], second["optimizer"]["state"]
+    assert first_optimizer.keys() == second_optimizer.keys()
+    for key in first_optimizer:
+        assert torch.equal(first_optimizer[key]["momentum_buffer"], second_optimizer[key]["momentum_buffer"])
+    assert torch.equal(first["rng"]["data"], second["rng"]["data"])
+    assert [h["val_acc"] for h in first["history"]] == [h["val_acc"] for h in second["history"]]
+    assert [h["train_loss"] for h in first["history"]] == [h["train_loss"] for h in second["history"]]
+
+
+# ---------------------------------------------------------------- exact resume and idempotence
+
+
+def test_resume_equals_uninterrupted(tmp_path, cifar_dir):
+    # The decay at epoch 2 checks that the schedule follows the absolute epoch.
+    flags = FAST + ["--lr-step", "2", "--lr-decay", "0.5"]
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    first = result_of(run_train(flags + ["--epochs", "2"], split, cifar_dir))
+    assert first["epochs_trained"] == 2
+    resumed = result_of(run_train(flags + ["--epochs", "4"], split, cifar_dir))
+    assert resumed["epochs_trained"] == 2
+    direct = result_of(run_train(flags + ["--epochs", "4"], whole, cifar_dir))
+    assert resumed["val_acc"] == direct["val_acc"]
+    assert resumed["val_loss"] == direct["val_loss"]
+    assert_states_equal(load(latest_checkpoint(split)), load(latest_checkpoint(whole)))
+    assert [h["lr"] for h in load(latest_checkpoint(whole))["history"]] == [0.05, 0.05, 0.025, 0.025]
+
+
+def test_finished_config_trains_nothing(tmp_path, cifar_dir):
+    first = run_train(FAST + ["--epochs", "2"], tmp_path, cifar_dir)
+    files = {p: p.stat().st_mtime_ns for p in checkpoint_files(tmp_path)}
+    again = run_train(FAST + ["--epochs", "2"], tmp_path, cifar_dir)
+    assert result_of(again) == {**result_of(first), "epochs_trained": 0}
+    assert {p: p.stat().st_mtime_ns for p in checkpoint_files(tmp_path)} == files
+
+
+def test_fewer_epochs_reports_history(tmp_path, cifar_dir):
+    run_train(FAST + ["--epochs", "3"], tmp_path, cifar_dir)
+    history = load(latest_checkpoint(tmp_path))["history"]
+    earlier = result_of(run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir))
+    assert earlier["epoch"] == 1
+    assert earlier["val_acc"] == history[0]["val_acc"]
+    assert earlier["latest_epoch"] == 3
+    assert earlier["epochs_trained"] == 0
+
+
+def test_checkpoint_contents(tmp_path, cifar_dir):
+    result = result_of(run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir))
+    path = Path(result["checkpoint"])
+    parsed = checkpoint.parse_name(path.name)
+    state = load(path)  # weights_only=True: tensors and plain values only
+    assert path.parent == tmp_path / "checkpoints" / "cifar10" / "small"
+    assert parsed.epoch == 1
+    assert parsed.val_acc == checkpoint.round_accuracy(result["val_acc"])
+    assert state["config"] == parsed.config.to_dict()
+    assert state["format_version"] == checkpoint.FORMAT_VERSION
+    assert set(state["rng"]) == {"data", "torch", "cuda"}
+    assert set(state["history"][0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                                        "examples_seen", "wall_time", "epoch_seconds"}
+    assert state["history"][0]["examples_seen"] == 180  # 200 images less the 10% validation split
+
+
+def test_keeps_latest_and_best_only(tmp_path, cifar_dir):
+    run_train(FAST + ["--epochs", "5"], tmp_path, cifar_dir)
+    epochs = sorted(checkpoint.parse_name(p.name).epoch for p in checkpoint_files(tmp_path))
+    assert 1 <= len(epochs) <= 2
+    assert epochs[-1] == 5
+
+
+def test_result_line_is_last_stdout_line(tmp_path, cifar_dir):
+    completed = run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir)
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert {"status", "epoch", "val_acc", "val_loss", "checkpoint"} <= set(result)
+    assert result["status"] == "ok"
+
+
+def test_scratch_from_environment(tmp_path, cifar_dir):
+    argv = [sys.executable, str(ROOT / "train.py"), *FAST, "--epochs", "1", "--data-dir", str(cifar_dir)]
+    completed = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                               env={**os.environ, "SCRATCH": str(tmp_path / "env-scratch")})
+    assert completed.returncode == 0, completed.stderr
+    assert "$SCRATCH" in completed.stderr
+    assert checkpoint_files(tmp_path / "env-scratch")
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def test_divergence_reported_and_remembered(tmp_path, cifar_dir):
+    flags = FAST + ["--lr", "1e+12", "--epochs", "3"]
+    first = result_of(run_train(flags, tmp_path, cifar_dir))
+    assert first["status"] == "diverged"
+    assert any(checkpoint.parse_name(p.name).diverged for p in checkpoint_files(tmp_path))
+    again = result_of(run_train(flags + [], tmp_path, cifar_dir))
+    assert again["status"] == "diverged"
+    assert again["epochs_trained"] == 0
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def test_truncated_newest_resumes_from_older(tmp_path, cifar_dir):
+    reference = result_of(run_train(FAST + ["--epochs", "2"], tmp_path / "reference", cifar_dir))
+    scratch = tmp_path / "damaged"
+    run_train(FAST + ["--epochs", "2"], scratch, cifar_dir)
+    newest = latest_checkpoint(scratch)
+    assert len(checkpoint_files(scratch)) == 2
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    completed = run_train(FAST + ["--epochs", "2"], scratch, cifar_dir)
+    result = result_of(completed)
+    assert str(newest.name) in completed.stderr
+    assert "resuming from" in completed.stderr
+    assert result["epochs_trained"] == 1
+    assert result["val_acc"] == reference["val_acc"]
+    assert newest.with_name(newest.name + ".unusable").exists()
+
+
+def test_only_checkpoint_damaged_stops(tmp_path, cifar_dir):
+    run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir)
+    (only,) = checkpoint_files(tmp_path)
+    only.write_bytes(b"")
+    completed = run_train(FAST + ["--epochs", "2"], tmp_path, cifar_dir)
+    assert completed.returncode == checkpoint.EXIT_UNUSABLE_CHECKPOINTS
+    assert str(only.name) in completed.stderr
+    assert "To start this configuration over, delete them" in completed.stderr
+    assert checkpoint_files(tmp_path) == [only]  # nothing trained from scratch
+
+
+class _Payload:
+    """Unpickling this creates the marker file, as a hostile checkpoint would run code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hostile_checkpoint_not_executed(tmp_path, cifar_dir):
+    run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir)
+    (good,) = checkpoint_files(tmp_path)
+    marker = tmp_path / "marker"
+    config = checkpoint.parse_name(good.name).config
+    hostile = good.with_name(checkpoint.format_name(config, 2, 0.9))
+    torch.save({"payload": _Payload(marker)}, hostile)  # a zip checkpoint whose pickle runs code
+
+    completed = run_train(FAST + ["--epochs", "2"], tmp_path, cifar_dir)
+    assert result_of(completed)["epoch"] == 2
+    assert hostile.name in completed.stderr
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- processes and signals
+
+
+def wait_for_checkpoint(scratch: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not checkpoint_files(scratch):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def start_train(args, scratch, data_dir) -> subprocess.Popen:
+    argv = [sys.executable, str(ROOT / "train.py"), *args, "--scratch", str(scratch), "--data-dir", str(data_dir)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def test_sigkill_then_rerun_is_exact(tmp_path, cifar_dir):
+    flags = FAST + ["--epochs", "6"]
+    process = start_train(flags, tmp_path / "killed", cifar_dir)
+    wait_for_checkpoint(tmp_path / "killed", process)
+    process.kill()
+    process.communicate()
+    assert all(not p.name.startswith(".") for p in (tmp_path / "killed").rglob("*.pt*"))
+
+    resumed = result_of(run_train(flags, tmp_path / "killed", cifar_dir))
+    assert resumed["epochs_trained"] < 6
+    direct = result_of(run_train(flags, tmp_path / "direct", cifar_dir))
+    assert resumed["val_acc"] == direct["val_acc"]
+    assert_states_equal(load(latest_checkpoint(tmp_path / "killed")), load(latest_checkpoint(tmp_path / "direct")))
+
+
+def test_sigterm_stops_cleanly(tmp_path, cifar_dir):
+    process = start_train(FAST + ["--epochs", "50"], tmp_path, cifar_dir)
+    wait_for_checkpoint(tmp_path, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in stderr
+    assert "Traceback" not in stderr
+    for path in checkpoint_files(tmp_path):
+        checkpoint.load_checkpoint(path, checkpoint.parse_name(path.name).config)
+    assert not [p for p in tmp_path.rglob("*") if checkpoint.TEMP_MARKER in p.name]
+
+
+def test_same_config_twice_at_once(tmp_path, cifar_dir):
+    flags = FAST + ["--epochs", "4"]
+    first = start_train(flags, tmp_path, cifar_dir)
+    second = start_train(flags, tmp_path, cifar_dir)
+    outputs = [process.communicate(timeout=180) for process in (first, second)]
+    assert first.returncode == 0, outputs[0][1]
+    assert second.returncode == 0, outputs[1][1]
+    results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+    assert sum(result["epochs_trained"] for result in results) == 4
+    assert results[0]["val_acc"] == results[1]["val_acc"]
+    assert len(load(latest_checkpoint(tmp_path))["history"]) == 4
+
+
+def test_lock_timeout_exits(tmp_path, cifar_dir):
+    config = checkpoint.Config(model="small", width=0.5, lr=0.05, batch_size=32)
+    folder = checkpoint.config_folder(tmp_path, config)
+    folder.mkdir(parents=True)
+    lock = checkpoint.ConfigLock(folder, config)
+    lock.acquire()
+    try:
+        completed = run_train(FAST + ["--epochs", "1", "--lock-timeout", "0.5"], tmp_path, cifar_dir)
+    finally:
+        lock.release()
+    assert completed.returncode == checkpoint.EXIT_LOCK_TIMEOUT
+    assert str(os.getpid()) in completed.stderr
+
+
+# ---------------------------------------------------------------- invalid input
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--lr", "0"), ("--lr", "-0.1"), ("--lr", "nan"), ("--batch-size", "0"), ("--epochs", "0"),
+    ("--model", "nosuchnet"), ("--dataset", "mnist"), ("--width", "0"), ("--momentum", "1"),
+    ("--lr-decay", "2"), ("--lr-step", "0"), ("--weight-decay", "-1"), ("--val-fraction", "1"),
+    ("--seed", "-3"), ("--threads", "0"), ("--device", "tpu"), ("--epochs", "three"),
+])
+def test_invalid_input_exits_2(tmp_path, cifar_dir, flag, value):
+    completed = run_train(FAST + ["--epochs", "1", flag, value], tmp_path / "scratch", cifar_dir)
+    assert completed.returncode == 2
+    assert value in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1].startswith("train.py: error:")
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_unknown_model_lists_known(tmp_path, cifar_dir):
+    completed = run_train(["--model", "nosuchnet"], tmp_path / "scratch", cifar_dir)
+    assert "vgg11" in completed.stderr
+    assert "resnet18" in completed.stderr
+
+
+def test_missing_data_says_where(tmp_path):
+    # No network is assumed: the download fails and the message says where the files go.
+    completed = run_train(FAST + ["--epochs", "1"], tmp_path / "scratch", tmp_path / "empty",
+                          env={**os.environ, "NO_PROXY": "", "https_proxy": "http://127.0.0.1:9"})
+    assert completed.returncode == checkpoint.EXIT_DATA_MISSING
+    assert "cifar-10-batches-py" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "scratch" / "checkpoints").exists()
+
+
+def test_data_folder_may_be_read_only(tmp_path, cifar_dir):
+    # The cache goes under the scratch folder, never into the data folder.
+    before = sorted(p.name for p in cifar_dir.rglob("*"))
+    result_of(run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir))
+    assert sorted(p.name for p in cifar_dir.rglob("*")) == before
+    assert list((tmp_path / "cache").glob("cifar10-*.npz"))
