@@ -6,7 +6,7 @@ validation accuracy, so that a search and a person can compare runs by listing f
     cifar10_vgg11_w0.25_lr0.1_lrd0.5_lrs3_mom0.9_wd0.0005_bs128_seed0_val0.1_ep0003_acc0.4512.pt
 
 `format_name` and `parse_name` are the only code that builds or reads these names. Floats keep
-`SIGNIFICANT_DIGITS` significant digits and the accuracy keeps `ACCURACY_DECIMALS` decimals; a
+`SIGNIFICANT_DIGITS` significant digits and the accuracy keeps `ACCURACY_DECIMALS` decimals. A
 `Config` rounds its values on construction, so parsing a formatted name returns an equal `Config`.
 
 `epoch` always counts completed epochs: a checkpoint with epoch 3 has trained epochs 0, 1 and 2.
@@ -57,8 +57,8 @@ def round_accuracy(value: float) -> float:
 class Config:
     """The hyperparameters that decide what one training run computes.
 
-    Everything that changes the result is here and in the file name; what does not (the number of
-    epochs to reach, device, threads, output folder) is not.
+    Everything that changes the result is here and in the file name. The number of epochs to
+    reach, the device, the threads and the output folder do not change it, so they are not here.
     """
 
     dataset: str = "cifar10"
@@ -185,8 +185,8 @@ def parse_name(name: str) -> ParsedName | None:
     except ValueError:
         return None
     config = Config(**values)
-    # A name whose numbers are not in canonical form (say "lr0.10") would parse to a config whose
-    # own name differs; accepting it would let two files claim one configuration.
+    # A name whose numbers are not in canonical form (say "lr0.10") parses to a config whose own
+    # name differs. Accepting it would let two files claim one configuration.
     if config_stem(config) != name[: len(config_stem(config))]:
         return None
     val_acc = None if match["diverged"] else float(match["acc"])
@@ -234,7 +234,7 @@ def save_atomic(state: dict, path: Path) -> None:
     """Write `state` to `path` so that the file is either complete or absent.
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed over
-    `path`; the folder is fsynced so that the rename survives a power loss. On any failure the
+    `path`. The folder is fsynced too, so that the rename survives a power loss. On any failure the
     temporary file is removed and the error is raised.
     """
     import torch
@@ -268,7 +268,7 @@ class UnusableCheckpoint(Exception):
 def load_checkpoint(path: Path, config: Config) -> dict:
     """Load a checkpoint of `config` onto the CPU, with unpickling limited to plain values.
 
-    Raises UnusableCheckpoint when the file is damaged, refuses `weights_only` loading, or holds
+    Raises UnusableCheckpoint when the file is damaged, fails `weights_only` loading, or contains
     another configuration or format version.
     """
     import torch
@@ -280,7 +280,7 @@ def load_checkpoint(path: Path, config: Config) -> dict:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise UnusableCheckpoint(f"{path}: not a checkpoint of format version {FORMAT_VERSION}")
     if state.get("config") != config.to_dict():
-        raise UnusableCheckpoint(f"{path}: holds configuration {state.get('config')}, not the one its name gives")
+        raise UnusableCheckpoint(f"{path}: contains configuration {state.get('config')}, not the one its name gives")
     return state
 
 
@@ -313,7 +313,7 @@ class ConfigLock:
     """An exclusive lock on one configuration's checkpoints, held by one process at a time.
 
     It is an flock on a hidden file beside the checkpoints, so the kernel releases it when its
-    holder dies, even by SIGKILL. The file holds the holder's process id, for messages only.
+    holder dies, even by SIGKILL. The file contains the holder's process id, for messages only.
     """
 
     def __init__(self, folder: Path, config: Config):

@@ -47,7 +47,7 @@ DATASETS = {
 
 
 class DataError(Exception):
-    """The dataset files are missing or unreadable; the message says where they should be."""
+    """Missing or unreadable dataset files. The message names the folder where they belong."""
 
 
 # ---------------------------------------------------------------- finding and reading the files

@@ -178,12 +178,19 @@ class TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-class Terminated(Exception):
-    pass
+class Stopped(Exception):
+    """Raised by the SIGTERM and SIGINT handlers, so that the running trials are stopped on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+def _raise_stopped(signum, frame):
+    # Later signals are ignored, so that stopping the running trials is not cut short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 # ---------------------------------------------------------------- main
@@ -231,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("scratch folder: %s (%s); search folder: %s", scratch.resolve(), source, folder)
     log.info("%d slots: %s", len(slots), ", ".join(slot.name for slot in slots))
 
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGINT, _raise_stopped)
     total_epochs = sum(bracket.epochs_with_reuse for bracket in brackets)
     bar = tqdm(total=total_epochs, unit="epoch", desc="search", disable=args.quiet, file=sys.stderr)
     started = time.monotonic()
@@ -252,15 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except Terminated:
+    except Stopped as stop:
         bar.close()
-        print("stopped by SIGTERM; running trials were stopped. Rerun the same command to resume.",
+        print(f"stopped by {stop}; running trials were stopped. Rerun the same command to resume.",
               file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        bar.close()
-        print("interrupted; running trials were stopped. Rerun the same command to resume.", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return 128 + stop.signum
     bar.close()
 
     # Leaderboard
@@ -268,11 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     write_leaderboard(leaderboard_path, rows)
     lock.close()
     print(f"\nLeaderboard ({len(rows)} configurations, {time.monotonic() - started:.0f} s):")
-    print(f"{'rank':>4}  {'epochs':>6}  {'val acc':>7}  {'status':<8}  configuration")
-    for row in rows:
+    described = [describe(row.config, dimensions) for row in rows]
+    width = max(len("configuration"), *map(len, described))
+    print(f"{'rank':>4}  {'epochs':>6}  {'val acc':>7}  {'status':<8}  {'configuration':<{width}}  checkpoint")
+    for row, description in zip(rows, described):
         acc = f"{row.result.val_acc:.4f}" if row.result.val_acc is not None else "-"
+        name = Path(row.result.checkpoint).name if row.result.checkpoint else "-"
         print(f"{row.rank:>4}  {row.result.epochs:>6}  {acc:>7}  {row.result.status:<8}  "
-              f"{describe(row.config, dimensions)}")
+              f"{description:<{width}}  {name}")
     best = rows[0]
     print(f"\nBest checkpoint: {best.result.checkpoint}")
     print(f"Reproduce it:    {' '.join(['python', 'train.py'] + train_arguments(best.config, best.result.epochs, scratch, args.data_dir)[2:])}")

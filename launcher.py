@@ -93,14 +93,18 @@ class LocalLauncher:
         """Return the exit code, negative for a signal, or None while the trial runs."""
         return trial.process.poll()
 
-    def stop(self, trial: RunningTrial, grace_seconds: float = 10.0) -> None:
-        """Stop the trial's whole process group: SIGTERM, then SIGKILL after `grace_seconds`."""
-        self._signal_group(trial, signal.SIGTERM)
-        try:
-            trial.process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            self._signal_group(trial, signal.SIGKILL)
-            trial.process.wait()
+    def stop(self, trials: list[RunningTrial], grace_seconds: float = 10.0) -> None:
+        """Stop the trials' process groups: SIGTERM to all, then SIGKILL to those alive after `grace_seconds`."""
+        for trial in trials:
+            self._signal_group(trial, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        for trial in trials:
+            try:
+                trial.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("pid %d did not stop within %.0f s of SIGTERM; killing it", trial.process.pid,
+                            grace_seconds)
+                self.kill(trial)
 
     def kill(self, trial: RunningTrial) -> None:
         self._signal_group(trial, signal.SIGKILL)

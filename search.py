@@ -1,7 +1,7 @@
 """The Hyperband search loop: brackets of rounds, each round a batch of trials run in slots.
 
 A trial is "train configuration C until it has completed r epochs", one run of train.py. The search
-holds no state of its own beyond the journal of results: a restarted search draws the same
+keeps no state of its own beyond the journal of results: a restarted search draws the same
 configurations, takes every finished result from the journal or the checkpoint names, and launches
 train.py only for the rest, which resume from their checkpoints.
 """
@@ -147,8 +147,8 @@ class Search:
                 if running:
                     time.sleep(self.poll_seconds)
         finally:
-            for process, _ in running.values():
-                self.launcher.stop(process)
+            # Reached on SIGTERM, Ctrl-C or a fatal trial failure: no trial may outlive the search.
+            self.launcher.stop([process for process, _ in running.values()])
         return results
 
     # ------------------------------------------------------------ one trial

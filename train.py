@@ -167,7 +167,7 @@ def find_resume_state(folder: Path, config: Config) -> tuple[dict, Path] | None:
             failures.append((path, error))
             continue
         if state["epoch"] != parsed.epoch:
-            failures.append((path, f"{path}: holds epoch {state['epoch']}, not the {parsed.epoch} its name gives"))
+            failures.append((path, f"{path}: contains epoch {state['epoch']}, not the {parsed.epoch} its name gives"))
             continue
         for bad_path, error in failures:
             log.warning("skipping unusable checkpoint: %s; renamed it to %s.unusable", error, bad_path.name)
@@ -287,12 +287,20 @@ class SaveFailed(Exception):
     pass
 
 
-class Terminated(Exception):
-    """Raised by the SIGTERM handler so that the stop goes through the normal clean-up paths."""
+class Stopped(Exception):
+    """Raised by the SIGTERM and SIGINT handlers so that a stop goes through the normal clean-up paths."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+def _raise_stopped(signum, frame):
+    # Later signals are ignored, so that the clean-up (removing a temporary file, releasing the
+    # lock) is not cut short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 # ---------------------------------------------------------------- main
@@ -304,18 +312,28 @@ def main(argv: list[str] | None = None) -> int:
     check_arguments(args, parser)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGINT, _raise_stopped)
+    try:
+        return run(args, parser)
+    except Stopped as stop:
+        print(f"stopped by {stop}; the epoch in progress is lost, rerun the same command to resume",
+              file=sys.stderr)
+        return 128 + stop.signum
 
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Resume or start the configuration of `args`, train it, print the result line; return the exit code."""
     import torch
 
     import data
 
+    # Device and configuration
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = choose_device(parser, args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
     config = Config(dataset=args.dataset, model=args.model, width=args.width, lr=args.lr, lr_decay=args.lr_decay,
                     lr_step=args.lr_step, momentum=args.momentum, weight_decay=args.weight_decay,
                     batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction)
@@ -327,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch, source = checkpoint.resolve_scratch(args.scratch)
     log.info("scratch folder: %s (%s)", scratch.resolve(), source)
 
+    # Dataset files, before anything is written
     data_dir = args.data_dir if args.data_dir is not None else scratch / "data"
     try:
         data.ensure_files(config.dataset, data_dir)
@@ -337,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("arguments and dataset files are valid")
         return checkpoint.EXIT_OK
 
+    # The configuration's lock
     folder = checkpoint.config_folder(scratch, config)
     lock = checkpoint.ConfigLock(folder, config)
     try:
@@ -346,10 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot create or lock the checkpoint folder {folder}: {error}", file=sys.stderr)
         return 1
     except checkpoint.LockTimeout as error:
-        print(f"error: another process is training this configuration: {error}; "
-              f"wait for it or stop it", file=sys.stderr)
+        print(f"error: another process is training this configuration: {error}. Wait for it or stop it.",
+              file=sys.stderr)
         return checkpoint.EXIT_LOCK_TIMEOUT
 
+    # Resume, train, report
     try:
         found = find_resume_state(folder, config)
         state, path = found if found is not None else (new_state(config), None)
@@ -369,16 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return checkpoint.EXIT_DATA_MISSING
     except SaveFailed as error:
-        print(f"error: {error}; the previous checkpoint is intact. Free space or fix the folder, then rerun.",
+        print(f"error: {error}. The previous checkpoint is intact: free space or fix the folder, then rerun.",
               file=sys.stderr)
         return checkpoint.EXIT_SAVE_FAILED
-    except Terminated:
-        print("stopped by SIGTERM; the epoch in progress is lost, rerun the same command to resume",
-              file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print("interrupted; the epoch in progress is lost, rerun the same command to resume", file=sys.stderr)
-        return 128 + signal.SIGINT
     finally:
         lock.release()
 
