@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,18 @@ def test_batches_cover_train_split_once(cifar_dir):
     labels = torch.cat([y for _, y in data.train_batches(device_data, 32, generator)])
     assert len(labels) == device_data.train_count
     assert torch.equal(labels.sort().values, device_data.train_y.sort().values)
+
+
+def test_reads_cifar100_fine_labels(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for name, count in (("train", 30), ("test", 10)):
+        batch = {"data": rng.randint(0, 256, (count, 3072)).astype(np.uint8),
+                 "fine_labels": rng.randint(0, 100, count).tolist(), "coarse_labels": [0] * count}
+        with open(folder / name, "wb") as file:
+            pickle.dump(batch, file)
+    arrays = data.load_arrays("cifar100", tmp_path, None)
+    assert arrays["train_x"].shape == (30, 3, 32, 32)
+    assert arrays["test_y"].max() < 100
+    assert data.DATASETS["cifar100"]["classes"] == 100

@@ -294,3 +294,12 @@ def test_data_folder_may_be_read_only(tmp_path, cifar_dir):
     result_of(run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir))
     assert sorted(p.name for p in cifar_dir.rglob("*")) == before
     assert list((tmp_path / "cache").glob("cifar10-*.npz"))
+
+
+def test_data_dir_that_is_a_file(tmp_path):
+    not_a_folder = tmp_path / "data.tar"
+    not_a_folder.write_bytes(b"x")
+    completed = run_train(FAST + ["--epochs", "1"], tmp_path / "scratch", not_a_folder)
+    assert completed.returncode == 2
+    assert str(not_a_folder) in completed.stderr
+    assert not (tmp_path / "scratch").exists()
