@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import io
 import logging
 import math
 import os
@@ -40,6 +41,7 @@ EXIT_USAGE = 2
 EXIT_UNUSABLE_CHECKPOINTS = 3
 EXIT_DATA_MISSING = 4
 EXIT_SAVE_FAILED = 5
+EXIT_OUT_OF_MEMORY = 6
 EXIT_LOCK_TIMEOUT = 75
 
 
@@ -235,15 +237,20 @@ def save_atomic(state: dict, path: Path) -> None:
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed over
     `path`. The folder is fsynced too, so that the rename survives a power loss. On any failure the
-    temporary file is removed and the error is raised.
+    temporary file is removed and the error is raised: an OSError for a failed write, such as
+    ENOSPC or EFBIG.
     """
     import torch
 
     path = Path(path)
     temp = path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
+    # Serialising to memory first means that a failed write raises OSError with its errno, where
+    # torch.save to a file reports it as a RuntimeError without the cause (torch 2.14).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
         with open(temp, "wb") as file:
-            torch.save(state, file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
@@ -251,6 +258,18 @@ def save_atomic(state: dict, path: Path) -> None:
         temp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def remove_stale_temporaries(folder: Path, config: Config) -> list[Path]:
+    """Delete temporary files that an interrupted save of `config` left behind; return their paths.
+
+    Call this only while holding the configuration's lock, when no save of it can be under way.
+    """
+    removed = []
+    for path in Path(folder).glob(f".{config_stem(config)}_*{TEMP_MARKER}*"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def _fsync_folder(folder: Path) -> None:

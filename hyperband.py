@@ -32,6 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import checkpoint
+import cli
 import plan
 import space
 from launcher import make_slots, visible_gpus
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = checkpoint.Config()
     parser = argparse.ArgumentParser(
         description="Search hyperparameters of one model with Hyperband; every trial is a train.py run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     search = parser.add_argument_group("search")
     search.add_argument("--max-epochs", type=int, default=81, metavar="R",
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default=defaults.model, metavar="NAME", help="model name, as in train.py")
     model.add_argument("--width", type=float, default=defaults.width, metavar="FACTOR",
                        help="multiplier of every layer's channel count")
-    model.add_argument("--dataset", default=defaults.dataset, choices=("cifar10", "cifar100"))
+    model.add_argument("--dataset", default=defaults.dataset, choices=("cifar10", "cifar100"),
+                       help="dataset to train on")
     model.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                        help="folder holding the dataset (default: SCRATCH/data)")
     model.add_argument("--val-fraction", type=float, default=defaults.val_fraction, metavar="FRACTION",
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="trials at once without a GPU; the CPU cores are split between them")
     slots.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
                        help="stop a trial after this long and rank it last (default: no limit)")
+    slots.add_argument("--retries", type=int, default=2, metavar="N",
+                       help="reruns of a trial that failed for a reason outside its configuration (disk full, "
+                            "data missing, killed by a signal) before the search stops"),
     slots.add_argument("--quiet", action="store_true", help="no progress bar and no per-trial lines")
     return parser
 
@@ -93,6 +98,7 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         (args.per_gpu >= 1, "--per-gpu", args.per_gpu, "an integer >= 1"),
         (args.workers >= 1, "--workers", args.workers, "an integer >= 1"),
         (args.gpus is None or args.gpus >= 0, "--gpus", args.gpus, "an integer >= 0"),
+        (args.retries >= 0, "--retries", args.retries, "an integer >= 0"),
         (args.trial_timeout is None or args.trial_timeout > 0, "--trial-timeout", args.trial_timeout,
          "a number of seconds > 0"),
     ]
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         lock = lock_search(folder)
         search = Search(brackets, configs, args.eta, scratch, args.data_dir, folder, slots,
-                        trial_timeout=args.trial_timeout, on_result=on_result)
+                        trial_timeout=args.trial_timeout, on_result=on_result, retries=args.retries)
         rows = search.run()
     except SearchError as error:
         bar.close()

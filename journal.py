@@ -19,14 +19,15 @@ import checkpoint
 log = logging.getLogger(__name__)
 
 # Statuses that depend on the configuration alone, and so are final for a (configuration, epochs).
-FINAL_STATUSES = ("ok", "diverged")
+# "oom" depends on the device's memory too, which a rerun of the same search does not change.
+FINAL_STATUSES = ("ok", "diverged", "oom")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrialResult:
     stem: str  # checkpoint.config_stem of the configuration
     epochs: int  # epochs the trial was asked to reach
-    status: str  # ok, diverged, failed or timeout
+    status: str  # ok, diverged, oom (out of memory), failed or timeout
     val_acc: float | None = None  # rounded as in file names; None unless status is ok
     val_loss: float | None = None
     checkpoint: str | None = None

@@ -26,17 +26,31 @@ from launcher import LocalLauncher, RunningTrial, Slot
 log = logging.getLogger(__name__)
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
-# Exit codes of train.py that no rerun of the same trial can fix, so the search stops on them.
+# How a trial's end is classified. A bad configuration ranks last and the search goes on. A
+# failure of the infrastructure says nothing about the configuration: the trial is retried from
+# its checkpoint a bounded number of times, then the search stops, so that a full disk never
+# turns into a leaderboard of failed configurations. A fatal failure stops the search at once,
+# because no rerun can fix it.
 FATAL_EXIT_CODES = {
     checkpoint.EXIT_USAGE: "train.py rejected its arguments",
     checkpoint.EXIT_UNUSABLE_CHECKPOINTS: "a configuration's checkpoints are unusable",
+}
+INFRASTRUCTURE_EXIT_CODES = {
     checkpoint.EXIT_DATA_MISSING: "the dataset is missing",
     checkpoint.EXIT_SAVE_FAILED: "saving a checkpoint failed",
+    checkpoint.EXIT_LOCK_TIMEOUT: "another process held the configuration's lock",
+}
+BAD_CONFIGURATION_EXIT_CODES = {
+    checkpoint.EXIT_OUT_OF_MEMORY: "oom",
 }
 
 
 class SearchError(Exception):
     """A failure that stops the whole search, as opposed to one bad configuration."""
+
+
+class InfrastructureFailure(Exception):
+    """A trial ended for a reason outside its configuration, such as a full disk or a kill signal."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +87,8 @@ class Search:
     def __init__(self, brackets: list[plan.Bracket], configs: list[list[checkpoint.Config]], eta: int,
                  scratch: Path, data_dir: Path | None, folder: Path, slots: list[Slot],
                  launcher: LocalLauncher | None = None, trial_timeout: float | None = None,
-                 on_result: Callable[[Trial, TrialResult], None] | None = None, poll_seconds: float = 0.05):
+                 on_result: Callable[[Trial, TrialResult], None] | None = None, poll_seconds: float = 0.05,
+                 retries: int = 2):
         self.brackets = brackets
         self.configs = configs
         self.eta = eta
@@ -85,6 +100,7 @@ class Search:
         self.trial_timeout = trial_timeout
         self.on_result = on_result or (lambda trial, result: None)
         self.poll_seconds = poll_seconds
+        self.retries = retries
         self.logs = self.folder / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.folder / "results.jsonl")
@@ -129,13 +145,26 @@ class Search:
 
         free = list(self.slots)
         running: dict[int, tuple[RunningTrial, int]] = {}  # trial index -> (process, stdout offset)
+        failures = collections.Counter()  # trial index -> infrastructure failures so far
         try:
             while queue or running:
                 while queue and free:
                     index = queue.popleft()
                     running[index] = self._start(trials[index], free.pop(0))
                 for index in list(running):
-                    result = self._check(trials[index], *running[index])
+                    try:
+                        result = self._check(trials[index], *running[index])
+                    except InfrastructureFailure as failure:
+                        process, _ = running.pop(index)
+                        free.append(process.slot)
+                        failures[index] += 1
+                        if failures[index] > self.retries:
+                            raise SearchError(f"{failure}; it persisted through {self.retries} retries, so the "
+                                              f"search stops. Fix the cause, then rerun the same command.") from None
+                        log.warning("%s; retrying from the checkpoint (retry %d of %d)", failure, failures[index],
+                                    self.retries)
+                        queue.appendleft(index)
+                        continue
                     if result is None:
                         continue
                     process, _ = running.pop(index)
@@ -180,6 +209,14 @@ class Search:
         if code in FATAL_EXIT_CODES:
             raise SearchError(f"{FATAL_EXIT_CODES[code]} (exit code {code}) for {trial.stem}: "
                               f"{last_line(stderr_path)} (log: {stderr_path})")
+        if code in INFRASTRUCTURE_EXIT_CODES or code < 0:
+            cause = INFRASTRUCTURE_EXIT_CODES.get(code) or f"killed by signal {-code}"
+            raise InfrastructureFailure(f"{trial.stem} to {trial.epochs} epochs: {cause} "
+                                        f"({last_line(stderr_path)}; log: {stderr_path})")
+        if code in BAD_CONFIGURATION_EXIT_CODES:
+            log.warning("%s ran out of memory; ranked last (log: %s)", trial.stem, stderr_path)
+            return TrialResult(trial.stem, trial.epochs, BAD_CONFIGURATION_EXIT_CODES[code], seconds=seconds,
+                               message=last_line(stderr_path))
         line = last_line(stdout_path, offset)
         if code == 0:
             try:
@@ -191,8 +228,6 @@ class Search:
                                    epochs_trained=reported.get("epochs_trained", 0), seconds=seconds)
             except (ValueError, KeyError, TypeError) as error:
                 message = f"exit code 0 but no result line ({error})"
-        elif code < 0:
-            message = f"killed by signal {-code}"
         else:
             message = f"exit code {code}: {last_line(stderr_path)}"
         log.warning("%s failed to reach %d epochs: %s (log: %s); ranked last", trial.stem, trial.epochs,

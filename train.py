@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import checkpoint
+import cli
 from checkpoint import Config
 
 log = logging.getLogger("train")
@@ -38,14 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     parser = argparse.ArgumentParser(
         description="Train one configuration, resuming from its checkpoints.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     model = parser.add_argument_group("model and data")
     model.add_argument("--model", default=defaults.model, metavar="NAME",
                        help="model name (vgg11, vgg16, resnet18, small, ...)")
     model.add_argument("--width", type=float, default=defaults.width, metavar="FACTOR",
                        help="multiplier of every layer's channel count")
-    model.add_argument("--dataset", default=defaults.dataset, choices=DATASET_NAMES)
+    model.add_argument("--dataset", default=defaults.dataset, choices=DATASET_NAMES, help="dataset to train on")
     model.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                        help="folder holding cifar-10-batches-py/ or cifar-100-python/ (default: SCRATCH/data)")
     model.add_argument("--val-fraction", type=float, default=defaults.val_fraction, metavar="FRACTION",
@@ -158,6 +159,8 @@ def find_resume_state(folder: Path, config: Config) -> tuple[dict, Path] | None:
     is reported once, kept for inspection and never mistaken for progress again. When checkpoints
     exist but none can be used, training stops instead of silently starting from scratch.
     """
+    for path in checkpoint.remove_stale_temporaries(folder, config):
+        log.warning("deleted %s, left behind by an interrupted save", path)
     checkpoints = checkpoint.list_checkpoints(folder, config)
     failures = []
     for parsed, path in reversed(checkpoints):
@@ -393,6 +396,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"error: {error}. The previous checkpoint is intact: free space or fix the folder, then rerun.",
               file=sys.stderr)
         return checkpoint.EXIT_SAVE_FAILED
+    except torch.cuda.OutOfMemoryError as error:
+        print(f"error: out of memory with --batch-size {config.batch_size} on {device}: {str(error).splitlines()[0]}",
+              file=sys.stderr)
+        return checkpoint.EXIT_OUT_OF_MEMORY
     finally:
         lock.release()
 
