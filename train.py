@@ -173,7 +173,7 @@ def find_resume_state(folder: Path, config: Config) -> tuple[dict, Path] | None:
             failures.append((path, f"{path}: contains epoch {state['epoch']}, not the {parsed.epoch} its name gives"))
             continue
         for bad_path, error in failures:
-            log.warning("skipping unusable checkpoint: %s; renamed it to %s.unusable", error, bad_path.name)
+            log.warning("skipping unusable checkpoint %s. It is kept, renamed with the suffix .unusable.", error)
             os.replace(bad_path, bad_path.with_name(bad_path.name + ".unusable"))
         if failures:
             log.warning("resuming from %s", path)

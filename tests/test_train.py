@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -303,3 +303,82 @@ def test_data_dir_that_is_a_file(tmp_path):
     assert completed.returncode == 2
     assert str(not_a_folder) in completed.stderr
     assert not (tmp_path / "scratch").exists()
+
+
+# ---------------------------------------------------------------- failing saves and other damage
+
+
+def limit_file_size(size: int):
+    import resource
+
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return apply
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, cifar_dir):
+    result_of(run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir))
+    (previous,) = checkpoint_files(tmp_path)
+    before = previous.read_bytes()
+    # No file may grow past 1 KB, far less than a checkpoint: the write fails with EFBIG.
+    completed = run_train(FAST + ["--epochs", "2"], tmp_path, cifar_dir, preexec_fn=limit_file_size(1024))
+    assert completed.returncode == checkpoint.EXIT_SAVE_FAILED
+    assert str(previous.parent) in completed.stderr
+    assert "File too large" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert checkpoint_files(tmp_path) == [previous]
+    assert previous.read_bytes() == before
+    assert not [p for p in tmp_path.rglob("*") if checkpoint.TEMP_MARKER in p.name]
+
+
+def make_damage(kind: str, good: Path, other: Path) -> Path:
+    """Put a damaged or foreign file of kind `kind` into `good`'s folder; return its path."""
+    config = checkpoint.parse_name(good.name).config
+    newer = good.with_name(checkpoint.format_name(config, 5, 0.5))
+    if kind == "zero bytes":
+        newer.write_bytes(b"")
+    elif kind == "truncated":
+        data = good.read_bytes()
+        newer.write_bytes(data[: len(data) * 3 // 7])
+    elif kind == "random bytes":
+        newer.write_bytes(os.urandom(good.stat().st_size))
+    elif kind == "other configuration":
+        newer.write_bytes(other.read_bytes())
+    elif kind == "leftover temporary":
+        newer = good.with_name(f".{newer.name}{checkpoint.TEMP_MARKER}4242")
+        newer.write_bytes(good.read_bytes()[:100])
+    elif kind == "almost parses":
+        newer = good.with_name(newer.name.replace("_ep0005_", "_ep5_"))
+        newer.write_bytes(b"junk")
+    return newer
+
+
+@pytest.fixture(scope="module")
+def two_trained_configs(tmp_path_factory, cifar_dir) -> Path:
+    """Return a scratch folder where FAST and FAST with --lr 0.07 have each trained one epoch."""
+    scratch = tmp_path_factory.mktemp("two-configs")
+    result_of(run_train(FAST + ["--epochs", "1"], scratch, cifar_dir))
+    result_of(run_train(FAST + ["--epochs", "1", "--lr", "0.07"], scratch, cifar_dir))
+    return scratch
+
+
+@pytest.mark.parametrize("kind", ["zero bytes", "truncated", "random bytes", "other configuration",
+                                  "leftover temporary", "almost parses"])
+def test_damaged_file_resumes_from_good(tmp_path, cifar_dir, two_trained_configs, kind):
+    shutil.copytree(two_trained_configs, tmp_path, dirs_exist_ok=True)
+    good, other = sorted(checkpoint_files(tmp_path), key=lambda p: checkpoint.parse_name(p.name).config.lr)
+    damaged = make_damage(kind, good, other)
+
+    completed = run_train(FAST + ["--epochs", "2"], tmp_path, cifar_dir)
+    result = result_of(completed)
+    assert result["epoch"] == 2
+    assert result["epochs_trained"] == 1  # resumed from the good epoch-1 checkpoint
+    if kind in ("almost parses",):
+        assert damaged.exists()  # not a checkpoint name: left alone and not mentioned
+        assert damaged.name not in completed.stderr
+    else:
+        assert completed.stderr.count(damaged.name) == 1  # warned once, with the path
+        assert not damaged.exists()
+    again = run_train(FAST + ["--epochs", "2"], tmp_path, cifar_dir)
+    assert damaged.name not in again.stderr
