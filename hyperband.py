@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -47,6 +48,7 @@ log = logging.getLogger("hyperband")
 def build_parser() -> argparse.ArgumentParser:
     defaults = checkpoint.Config()
     parser = argparse.ArgumentParser(
+        prog="hyperband.py",
         description="Search hyperparameters of one model with Hyperband; every trial is a train.py run.",
         formatter_class=cli.HelpFormatter,
     )
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Reject invalid values with exit code 2 and a message naming the flag, before anything is written."""
+    cli.reject_empty_values(parser, args)
     rules = [
         (args.max_epochs >= 1, "--max-epochs", args.max_epochs, "an integer >= 1"),
         (args.eta >= 2, "--eta", args.eta, "an integer >= 2"),
@@ -99,8 +102,8 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         (args.workers >= 1, "--workers", args.workers, "an integer >= 1"),
         (args.gpus is None or args.gpus >= 0, "--gpus", args.gpus, "an integer >= 0"),
         (args.retries >= 0, "--retries", args.retries, "an integer >= 0"),
-        (args.trial_timeout is None or args.trial_timeout > 0, "--trial-timeout", args.trial_timeout,
-         "a number of seconds > 0"),
+        (args.trial_timeout is None or 0 < args.trial_timeout < math.inf, "--trial-timeout", args.trial_timeout,
+         "a finite number of seconds > 0"),
     ]
     for valid, flag, value, rule in rules:
         if not valid:

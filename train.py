@@ -38,6 +38,7 @@ DATASET_NAMES = ("cifar10", "cifar100")
 def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     parser = argparse.ArgumentParser(
+        prog="train.py",
         description="Train one configuration, resuming from its checkpoints.",
         formatter_class=cli.HelpFormatter,
     )
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Reject invalid values with exit code 2 and a message naming the flag, before anything is written."""
+    cli.reject_empty_values(parser, args)
     import models
 
     if args.model not in models.MODELS:
@@ -98,8 +100,8 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         parser.error(f"invalid --epochs {args.epochs}: must be an integer >= 1")
     if args.threads is not None and args.threads < 1:
         parser.error(f"invalid --threads {args.threads}: must be an integer >= 1")
-    if args.lock_timeout is not None and not args.lock_timeout >= 0:
-        parser.error(f"invalid --lock-timeout {args.lock_timeout}: must be a number >= 0")
+    if args.lock_timeout is not None and not 0 <= args.lock_timeout < math.inf:
+        parser.error(f"invalid --lock-timeout {args.lock_timeout}: must be a finite number of seconds >= 0")
 
     if args.data_dir is not None and args.data_dir.exists():
         if not args.data_dir.is_dir() or not os.access(args.data_dir, os.R_OK | os.X_OK):

@@ -10,6 +10,8 @@ import time
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import checkpoint
 from checkpoint import Config, format_name, parse_name
@@ -218,3 +220,42 @@ def test_check_value_rejects(field, value):
 ])
 def test_check_value_accepts(field, value):
     assert checkpoint.check_value(field, value) is None
+
+
+# ---------------------------------------------------------------- property-based round trip
+
+positive = st.floats(min_value=0.0, max_value=1e300, exclude_min=True, allow_nan=False, allow_infinity=False)
+unit = st.floats(min_value=0.0, max_value=1.0)
+configs = st.builds(
+    Config,
+    dataset=st.sampled_from(["cifar10", "cifar100"]),
+    model=st.from_regex(r"[a-z][a-z0-9]{0,12}", fullmatch=True),
+    width=positive,
+    lr=positive,
+    lr_decay=unit,
+    lr_step=st.integers(min_value=1, max_value=2**63 - 1),
+    momentum=st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+    weight_decay=st.floats(min_value=0.0, max_value=1e300),
+    batch_size=st.integers(min_value=1, max_value=2**31),
+    seed=st.integers(min_value=0, max_value=2**63 - 1),
+    val_fraction=st.floats(min_value=0.0, max_value=1.0, exclude_min=True, exclude_max=True),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(config=configs, epoch=st.integers(min_value=0, max_value=10**7), acc=st.one_of(st.none(), unit))
+def test_round_trip_over_whole_ranges(config, epoch, acc):
+    acc = None if acc is None else checkpoint.round_accuracy(acc)
+    name = format_name(config, epoch, acc)
+    parsed = parse_name(name)
+    assert parsed is not None, name
+    assert parsed.config == config
+    assert parsed.epoch == epoch
+    assert parsed.val_acc == acc
+    assert format_name(parsed.config, parsed.epoch, parsed.val_acc) == name
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=configs, second=configs)
+def test_distinct_configs_distinct_names(first, second):
+    assert (format_name(first, 1, 0.5) == format_name(second, 1, 0.5)) == (first == second)
