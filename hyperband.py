@@ -236,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     scratch, source = checkpoint.resolve_scratch(args.scratch)
     check = subprocess.run(train_arguments(configs[0][0], 1, scratch, args.data_dir) + ["--check", "--quiet"],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if check.returncode < 0:
+        print(f"error: the check of the settings (train.py --check) was killed by signal {-check.returncode}; "
+              f"rerun the same command", file=sys.stderr)
+        return 1
     if check.returncode != 0:
         message = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else f"exit code {check.returncode}"
         print(f"error: train.py rejected this search's settings: {message}", file=sys.stderr)

@@ -272,6 +272,11 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
                 "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             },
         })
+        # Logged before the save, so that the soak harness counts an epoch lost to a kill during the
+        # save as trained, and then as trained again.
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.4g  %.1fs (%.0f img/s)",
+                 epoch + 1, args.epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss,
+                 val_metrics.accuracy, lr, seconds, train_metrics.examples / seconds)
         val_acc = None if diverged else checkpoint.round_accuracy(val_metrics.accuracy)
         path = folder / checkpoint.format_name(config, epoch + 1, val_acc)
         try:
@@ -279,9 +284,6 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
         except OSError as error:
             raise SaveFailed(f"saving a checkpoint in {folder} failed: {error.strerror or error}") from error
         checkpoint.prune_checkpoints(folder, config)
-        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.4g  %.1fs (%.0f img/s)",
-                 epoch + 1, args.epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss,
-                 val_metrics.accuracy, lr, seconds, train_metrics.examples / seconds)
         if diverged:
             log.warning("loss is not finite at epoch %d: this configuration diverged", epoch + 1)
             break

@@ -4,41 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from tiny_cifar import write_cifar10  # noqa: E402  (after the path set-up above)
 
 IMAGES_PER_BATCH = 40  # 5 training batches of 40 images, and 40 test images
-
-
-def write_cifar10(folder: Path, images_per_batch: int = IMAGES_PER_BATCH, seed: int = 0) -> Path:
-    """Write a tiny dataset in the layout of cifar-10-batches-py under `folder`; return `folder`.
-
-    Each class gets a different mean colour, so a model can learn something in a few steps.
-    """
-    rng = np.random.RandomState(seed)
-    batches = folder / "cifar-10-batches-py"
-    batches.mkdir(parents=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
-        labels = rng.randint(0, 10, images_per_batch)
-        images = rng.randint(0, 96, (images_per_batch, 3, 32, 32)) + labels[:, None, None, None] * 16
-        batch = {"batch_label": name, "labels": labels.tolist(),
-                 "data": images.astype(np.uint8).reshape(images_per_batch, -1),
-                 "filenames": [f"{name}_{i}.png" for i in range(images_per_batch)]}
-        with open(batches / name, "wb") as file:
-            pickle.dump(batch, file)
-    with open(batches / "batches.meta", "wb") as file:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": images_per_batch,
-                     "num_vis": 3072}, file)
-    return folder
 
 
 @pytest.fixture(scope="session")
