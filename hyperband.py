@@ -212,7 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     handler = TqdmHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGINT, _raise_stopped)
+    try:
+        return run(args, parser)
+    except SearchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except Stopped as stop:
+        print(f"stopped by {stop}; running trials were stopped. Rerun the same command to resume.",
+              file=sys.stderr)
+        return 128 + stop.signum
 
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Plan, draw the configurations, run the search and print its leaderboard; return the exit code."""
     # Plan
     brackets = plan.plan_brackets(args.max_epochs, args.eta)
     print(f"Hyperband plan for R={args.max_epochs}, eta={args.eta} (configurations x epochs per round):")
@@ -234,7 +248,50 @@ def main(argv: list[str] | None = None) -> int:
 
     # Let train.py reject what it would reject, before anything runs
     scratch, source = checkpoint.resolve_scratch(args.scratch)
-    check = subprocess.run(train_arguments(configs[0][0], 1, scratch, args.data_dir) + ["--check", "--quiet"],
+    code = check_with_train(configs[0][0], scratch, args.data_dir)
+    if code != 0:
+        return code
+
+    # Slots and the search's folder
+    gpu_ids = choose_gpus(args, parser)
+    slots = make_slots(gpu_ids, args.per_gpu, args.workers, os.cpu_count() or 1)
+    folder = search_folder(scratch, args, space_text)
+    log.info("scratch folder: %s (%s); search folder: %s", scratch.resolve(), source, folder)
+    log.info("%d slots: %s", len(slots), ", ".join(slot.name for slot in slots))
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = lock_search(folder)
+
+    # The search, with a progress bar over all its epochs
+    total_epochs = sum(bracket.epochs_with_reuse for bracket in brackets)
+    started = time.monotonic()
+    with tqdm(total=total_epochs, unit="epoch", desc="search", disable=args.quiet, file=sys.stderr) as bar:
+        def on_result(trial: Trial, result) -> None:
+            bar.update(trial.epochs - trial.previous_epochs)
+            score = f"val acc {result.val_acc:.4f}" if result.status == "ok" else result.status
+            log.info("%s to %d epochs: %s (%s)", describe(trial.config, dimensions), trial.epochs, score,
+                     "from earlier run" if result.seconds == 0 else f"{result.seconds:.0f} s")
+
+        search = Search(brackets, configs, args.eta, scratch, args.data_dir, folder, slots,
+                        trial_timeout=args.trial_timeout, on_result=on_result, retries=args.retries)
+        rows = search.run()
+
+    # Leaderboard
+    leaderboard_path = folder / "leaderboard.csv"
+    write_leaderboard(leaderboard_path, rows)
+    lock.close()
+    print(f"\nLeaderboard ({len(rows)} configurations, {time.monotonic() - started:.0f} s):")
+    print_leaderboard(rows, dimensions)
+    best = rows[0]
+    command = ["python", "train.py"] + train_arguments(best.config, best.result.epochs, scratch, args.data_dir)[2:]
+    print(f"\nBest checkpoint: {best.result.checkpoint}")
+    print(f"Reproduce it:    {' '.join(command)}")
+    print(f"Leaderboard CSV: {leaderboard_path}")
+    return 0
+
+
+def check_with_train(config: checkpoint.Config, scratch: Path, data_dir: Path | None) -> int:
+    """Run `train.py --check` on one configuration; return 0, or print why not and return the exit code."""
+    check = subprocess.run(train_arguments(config, 1, scratch, data_dir) + ["--check", "--quiet"],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if check.returncode < 0:
         print(f"error: the check of the settings (train.py --check) was killed by signal {-check.returncode}; "
@@ -244,47 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         message = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else f"exit code {check.returncode}"
         print(f"error: train.py rejected this search's settings: {message}", file=sys.stderr)
         return checkpoint.EXIT_USAGE
+    return 0
 
-    gpu_ids = choose_gpus(args, parser)
-    slots = make_slots(gpu_ids, args.per_gpu, args.workers, os.cpu_count() or 1)
-    folder = search_folder(scratch, args, space_text)
-    log.info("scratch folder: %s (%s); search folder: %s", scratch.resolve(), source, folder)
-    log.info("%d slots: %s", len(slots), ", ".join(slot.name for slot in slots))
 
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    signal.signal(signal.SIGINT, _raise_stopped)
-    total_epochs = sum(bracket.epochs_with_reuse for bracket in brackets)
-    bar = tqdm(total=total_epochs, unit="epoch", desc="search", disable=args.quiet, file=sys.stderr)
-    started = time.monotonic()
-
-    def on_result(trial: Trial, result) -> None:
-        bar.update(trial.epochs - trial.previous_epochs)
-        score = f"val acc {result.val_acc:.4f}" if result.status == "ok" else result.status
-        log.info("%s to %d epochs: %s (%s)", describe(trial.config, dimensions), trial.epochs, score,
-                 "from earlier run" if result.seconds == 0 else f"{result.seconds:.0f} s")
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = lock_search(folder)
-        search = Search(brackets, configs, args.eta, scratch, args.data_dir, folder, slots,
-                        trial_timeout=args.trial_timeout, on_result=on_result, retries=args.retries)
-        rows = search.run()
-    except SearchError as error:
-        bar.close()
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except Stopped as stop:
-        bar.close()
-        print(f"stopped by {stop}; running trials were stopped. Rerun the same command to resume.",
-              file=sys.stderr)
-        return 128 + stop.signum
-    bar.close()
-
-    # Leaderboard
-    leaderboard_path = folder / "leaderboard.csv"
-    write_leaderboard(leaderboard_path, rows)
-    lock.close()
-    print(f"\nLeaderboard ({len(rows)} configurations, {time.monotonic() - started:.0f} s):")
+def print_leaderboard(rows, dimensions: list[space.Dimension]) -> None:
     described = [describe(row.config, dimensions) for row in rows]
     width = max(len("configuration"), *map(len, described))
     print(f"{'rank':>4}  {'epochs':>6}  {'val acc':>7}  {'status':<8}  {'configuration':<{width}}  checkpoint")
@@ -293,11 +313,6 @@ def main(argv: list[str] | None = None) -> int:
         name = Path(row.result.checkpoint).name if row.result.checkpoint else "-"
         print(f"{row.rank:>4}  {row.result.epochs:>6}  {acc:>7}  {row.result.status:<8}  "
               f"{description:<{width}}  {name}")
-    best = rows[0]
-    print(f"\nBest checkpoint: {best.result.checkpoint}")
-    print(f"Reproduce it:    {' '.join(['python', 'train.py'] + train_arguments(best.config, best.result.epochs, scratch, args.data_dir)[2:])}")
-    print(f"Leaderboard CSV: {leaderboard_path}")
-    return 0
 
 
 if __name__ == "__main__":
