@@ -265,11 +265,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     total_epochs = sum(bracket.epochs_with_reuse for bracket in brackets)
     started = time.monotonic()
     with tqdm(total=total_epochs, unit="epoch", desc="search", disable=args.quiet, file=sys.stderr) as bar:
-        def on_result(trial: Trial, result) -> None:
+        def on_result(trial: Trial, result, reused: bool) -> None:
             bar.update(trial.epochs - trial.previous_epochs)
             score = f"val acc {result.val_acc:.4f}" if result.status == "ok" else result.status
             log.info("%s to %d epochs: %s (%s)", describe(trial.config, dimensions), trial.epochs, score,
-                     "from earlier run" if result.seconds == 0 else f"{result.seconds:.0f} s")
+                     "from an earlier run" if reused else f"{result.seconds:.0f} s")
 
         search = Search(brackets, configs, args.eta, scratch, args.data_dir, folder, slots,
                         trial_timeout=args.trial_timeout, on_result=on_result, retries=args.retries)

@@ -83,18 +83,15 @@ def plan_brackets(max_epochs: int, eta: int) -> list[Bracket]:
 def select_best(scores: list[float | None], keep: int) -> list[int]:
     """Return the indices of the `keep` best scores, best first.
 
-    Higher is better. None and NaN (diverged, failed or timed-out trials) rank below every number.
-    Ties go to the lower index, so the choice is the same on every run.
+    Higher is better. None and NaN (diverged, failed or timed-out trials) are never kept, so a
+    round with fewer valid scores than `keep` promotes fewer configurations. Ties go to the lower
+    index, so the choice is the same on every run.
     """
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
 
-    def rank_key(index: int):
-        score = scores[index]
-        valid = score is not None and not math.isnan(score)
-        return (0 if valid else 1, -score if valid else 0.0, index)
-
-    return sorted(range(len(scores)), key=rank_key)[:keep]
+    valid = [index for index, score in enumerate(scores) if score is not None and not math.isnan(score)]
+    return sorted(valid, key=lambda index: (-scores[index], index))[:keep]
 
 
 def format_plan(brackets: list[Bracket]) -> str:

@@ -87,7 +87,7 @@ class Search:
     def __init__(self, brackets: list[plan.Bracket], configs: list[list[checkpoint.Config]], eta: int,
                  scratch: Path, data_dir: Path | None, folder: Path, slots: list[Slot],
                  launcher: LocalLauncher | None = None, trial_timeout: float | None = None,
-                 on_result: Callable[[Trial, TrialResult], None] | None = None, poll_seconds: float = 0.05,
+                 on_result: Callable[[Trial, TrialResult, bool], None] | None = None, poll_seconds: float = 0.05,
                  retries: int = 2):
         self.brackets = brackets
         self.configs = configs
@@ -98,7 +98,8 @@ class Search:
         self.slots = slots
         self.launcher = launcher or LocalLauncher()
         self.trial_timeout = trial_timeout
-        self.on_result = on_result or (lambda trial, result: None)
+        # Called with each trial's result, and whether that came from an earlier run of the search.
+        self.on_result = on_result or (lambda trial, result, reused: None)
         self.poll_seconds = poll_seconds
         self.retries = retries
         self.logs = self.folder / "logs"
@@ -139,7 +140,7 @@ class Search:
                 if self.journal.get(trial.stem, trial.epochs) is None:
                     self.journal.append(known)
                 results[index] = known
-                self.on_result(trial, known)
+                self.on_result(trial, known, True)
             else:
                 queue.append(index)
 
@@ -172,7 +173,7 @@ class Search:
                     results[index] = result
                     if result.status in FINAL_STATUSES:
                         self.journal.append(result)
-                    self.on_result(trials[index], result)
+                    self.on_result(trials[index], result, False)
                 if running:
                     time.sleep(self.poll_seconds)
         finally:
@@ -183,8 +184,9 @@ class Search:
     # ------------------------------------------------------------ one trial
 
     def _paths(self, trial: Trial) -> tuple[Path, Path]:
-        base = self.logs / f"{trial.stem}_ep{trial.epochs:04d}"
-        return base.with_suffix(".out"), base.with_suffix(".log")
+        # Not Path.with_suffix: the stem contains dots ("val0.1"), which it would cut at.
+        base = f"{trial.stem}_ep{trial.epochs:04d}"
+        return self.logs / f"{base}.out", self.logs / f"{base}.log"
 
     def _start(self, trial: Trial, slot: Slot) -> tuple[RunningTrial, int]:
         stdout_path, stderr_path = self._paths(trial)

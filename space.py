@@ -84,7 +84,11 @@ def load_space(path: Path) -> list[Dimension]:
         raise SpaceError(f"space file {path} is not valid TOML: {error}") from error
     if not table:
         raise SpaceError(f"space file {path} sets no hyperparameter")
-    return [parse_dimension(key, value) for key, value in table.items()]
+    dimensions = [parse_dimension(key, value) for key, value in table.items()]
+    if all(dimension.distribution == "fixed" for dimension in dimensions):
+        raise SpaceError(f"space file {path} sets only fixed values, so every configuration would be the same; "
+                         f"give at least one key a distribution ({', '.join(DISTRIBUTIONS)})")
+    return dimensions
 
 
 def parse_dimension(key: str, value) -> Dimension:

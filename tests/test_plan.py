@@ -78,8 +78,8 @@ def test_select_best_orders_by_score():
     assert plan.select_best([0.1, 0.5, 0.3, 0.4], 2) == [1, 3]
 
 
-def test_select_best_ranks_nan_and_none_last():
-    assert plan.select_best([math.nan, 0.2, None, 0.1], 3) == [1, 3, 0]
+def test_select_best_never_keeps_invalid():
+    assert plan.select_best([math.nan, 0.2, None, 0.1], 3) == [1, 3]
 
 
 def test_select_best_breaks_ties_by_index():
@@ -88,7 +88,7 @@ def test_select_best_breaks_ties_by_index():
 
 def test_select_best_is_stable_across_calls():
     scores = [0.3, math.nan, 0.3, None, 0.3, 0.9]
-    assert all(plan.select_best(scores, 4) == [5, 0, 2, 4] for _ in range(5))
+    assert all(plan.select_best(scores, 5) == [5, 0, 2, 4] for _ in range(5))
 
 
 def test_select_best_keeps_none_when_zero():

@@ -104,6 +104,11 @@ def test_empty_space_rejected(tmp_path):
         space.load_space(write(tmp_path, ""))
 
 
+def test_only_fixed_values_rejected(tmp_path):
+    with pytest.raises(space.SpaceError, match="only fixed values"):
+        space.load_space(write(tmp_path, "batch-size = 32\nlr = 0.1"))
+
+
 def test_invalid_toml_rejected(tmp_path):
     with pytest.raises(space.SpaceError, match="not valid TOML"):
         space.load_space(write(tmp_path, "[lr\n"))
