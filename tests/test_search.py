@@ -111,7 +111,8 @@ def stub_score(lr: float, epochs: int) -> float:
 STUB_TEMPLATE = '''\
 """Stand-in for train.py: the same flags and result line, without torch.
 
-behaviours.json beside this script maps an --lr value to a misbehaviour: fail, usage, hang or talk.
+behaviours.json beside this script maps an --lr value to a misbehaviour: fail, usage, hang, talk,
+disk (a full disk), oom (out of memory) or flaky (killed by a signal on its first run).
 """
 import argparse
 import json
@@ -140,6 +141,16 @@ if behaviour == "fail":
 if behaviour == "usage":
     print("stub: error: simulated usage error", file=sys.stderr)
     sys.exit(2)
+if behaviour == "disk":
+    print("error: saving a checkpoint in /scratch failed: No space left on device", file=sys.stderr)
+    sys.exit(5)
+if behaviour == "oom":
+    print("error: out of memory with --batch-size 256 on cuda", file=sys.stderr)
+    sys.exit(6)
+if behaviour == "flaky" and not (HERE / "flaky.done").exists():
+    # Killed by a signal on its first run only, as by the OOM killer or a lost node.
+    (HERE / "flaky.done").write_text("")
+    os.kill(os.getpid(), 9)
 if behaviour == "hang":
     # A grandchild in the same process group, to check that the whole group is stopped.
     grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -301,6 +312,41 @@ def test_usage_error_stops_search(tmp_path):
     finally:
         if pids_path.exists():
             send_signal(map(int, pids_path.read_text().split()), signal.SIGKILL)
+
+
+def test_full_disk_stops_after_retries(tmp_path):
+    brackets, configs, stub_launcher = stub_setup(tmp_path, {(0, 1): "disk"})
+    full = lr_flag(configs[0][1])
+
+    with pytest.raises(search.SearchError, match="saving a checkpoint failed.*persisted through 2 retries"):
+        make_search(tmp_path, brackets, configs, stub_launcher, retries=2).run()
+
+    assert [lr for lr, _ in stub_launcher.launches].count(full) == 3  # the first run and 2 retries
+    journal = tmp_path / "search" / "results.jsonl"
+    assert full not in (journal.read_text() if journal.exists() else "")
+
+
+def test_killed_trial_retried(tmp_path):
+    brackets, configs, stub_launcher = stub_setup(tmp_path, {(0, 1): "flaky"})
+    flaky = configs[0][1]
+
+    rows = make_search(tmp_path, brackets, configs, stub_launcher).run()
+
+    assert all(row.result.status == "ok" for row in rows)
+    assert [lr for lr, epochs in stub_launcher.launches if epochs == 1].count(lr_flag(flaky)) == 2
+    assert (tmp_path / "flaky.done").exists()
+
+
+def test_out_of_memory_ranked_last(tmp_path):
+    brackets, configs, stub_launcher = stub_setup(tmp_path, {(1, 0): "oom"})
+    rows = make_search(tmp_path, brackets, configs, stub_launcher).run()
+
+    assert rows[-1].config == configs[1][0]
+    assert rows[-1].result.status == "oom"
+    assert all(row.result.status == "ok" for row in rows[:-1])
+    second = StubLauncher(stub_launcher.stub)
+    make_search(tmp_path, brackets, configs, second).run()
+    assert second.launches == []  # out of memory is final for the configuration, like diverging
 
 
 def test_journal_restart_launches_nothing(tmp_path):
