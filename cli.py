@@ -1,6 +1,7 @@
 """Command-line pieces shared by train.py and hyperband.py."""
 
 import argparse
+import signal
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -22,3 +23,26 @@ def reject_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespac
     for name, value in vars(args).items():
         if isinstance(value, list):
             parser.error(f"invalid --{name.replace('_', '-')}: missing value")
+
+
+class Stopped(Exception):
+    """Raised by the SIGTERM and SIGINT handlers, so that a stop goes through the normal clean-up paths."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_stopped_on_signals() -> None:
+    """Turn the first SIGTERM or SIGINT into a Stopped exception and ignore any later one.
+
+    Ignoring later signals keeps a second Ctrl-C from cutting the clean-up short (stopping trials,
+    removing a temporary file, releasing a lock).
+    """
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

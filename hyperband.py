@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -187,21 +186,6 @@ class TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-class Stopped(Exception):
-    """Raised by the SIGTERM and SIGINT handlers, so that the running trials are stopped on the way out."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stopped(signum, frame):
-    # Later signals are ignored, so that stopping the running trials is not cut short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise Stopped(signum)
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -212,14 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     handler = TqdmHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    signal.signal(signal.SIGINT, _raise_stopped)
+    cli.raise_stopped_on_signals()
     try:
         return run(args, parser)
     except SearchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except Stopped as stop:
+    except cli.Stopped as stop:
         print(f"stopped by {stop}; running trials were stopped. Rerun the same command to resume.",
               file=sys.stderr)
         return 128 + stop.signum

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -294,22 +293,6 @@ class SaveFailed(Exception):
     pass
 
 
-class Stopped(Exception):
-    """Raised by the SIGTERM and SIGINT handlers so that a stop goes through the normal clean-up paths."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stopped(signum, frame):
-    # Later signals are ignored, so that the clean-up (removing a temporary file, releasing the
-    # lock) is not cut short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise Stopped(signum)
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -319,11 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     check_arguments(args, parser)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    signal.signal(signal.SIGINT, _raise_stopped)
+    cli.raise_stopped_on_signals()
     try:
         return run(args, parser)
-    except Stopped as stop:
+    except cli.Stopped as stop:
         print(f"stopped by {stop}; the epoch in progress is lost, rerun the same command to resume",
               file=sys.stderr)
         return 128 + stop.signum
