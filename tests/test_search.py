@@ -175,7 +175,7 @@ TALK_LINES = 4096  # lines of 1 KiB, so 4 MiB on stdout and 4 MiB on stderr
 
 
 def write_stub(folder: Path, behaviours: dict[str, str] | None = None) -> Path:
-    """Write the stub trainer into `folder`. `behaviours` maps a formatted --lr to fail, usage, hang or talk."""
+    """Write the stub trainer into `folder`. `behaviours` maps a formatted --lr to a misbehaviour of the stub."""
     path = folder / "stub_train.py"
     path.write_text(STUB_TEMPLATE.format(score_source=inspect.getsource(stub_score), talk_lines=TALK_LINES))
     if behaviours:
