@@ -33,6 +33,7 @@ SIGNIFICANT_DIGITS = 4
 ACCURACY_DECIMALS = 4
 FORMAT_VERSION = 1
 SUFFIX = ".pt"
+HISTORY_SUFFIX = ".history.json"
 TEMP_MARKER = ".tmp-"
 
 # Exit codes of train.py that the search driver reads.
@@ -163,6 +164,14 @@ def format_name(config: Config, epoch: int, val_acc: float | None) -> str:
     return f"{config_stem(config)}_ep{epoch:04d}_{result}{SUFFIX}"
 
 
+def history_name(config: Config) -> str:
+    """Build the name of `config`'s history file, a JSON file beside its checkpoints.
+
+    The name never parses as a checkpoint name, so listing checkpoints skips it.
+    """
+    return config_stem(config) + HISTORY_SUFFIX
+
+
 @dataclasses.dataclass(frozen=True)
 class ParsedName:
     config: Config
@@ -233,24 +242,29 @@ def list_checkpoints(folder: Path, config: Config) -> list[tuple[ParsedName, Pat
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """Write `state` to `path` so that the file is either complete or absent.
+    """Save the checkpoint `state` to `path` with `write_atomic`."""
+    import torch
+
+    # Serialising to memory first means that a failed write raises OSError with its errno, where
+    # torch.save to a file reports it as a RuntimeError without the cause (torch 2.14).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(buffer.getbuffer(), path)
+
+
+def write_atomic(data: bytes, path: Path) -> None:
+    """Write `data` to `path` so that the file is either complete or absent.
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed over
     `path`. The folder is fsynced too, so that the rename survives a power loss. On any failure the
     temporary file is removed and the error is raised: an OSError for a failed write, such as
     ENOSPC or EFBIG.
     """
-    import torch
-
     path = Path(path)
     temp = path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
-    # Serialising to memory first means that a failed write raises OSError with its errno, where
-    # torch.save to a file reports it as a RuntimeError without the cause (torch 2.14).
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
     try:
         with open(temp, "wb") as file:
-            file.write(buffer.getbuffer())
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
@@ -266,9 +280,11 @@ def remove_stale_temporaries(folder: Path, config: Config) -> list[Path]:
     Call this only while holding the configuration's lock, when no save of it can be under way.
     """
     removed = []
-    for path in Path(folder).glob(f".{config_stem(config)}_*{TEMP_MARKER}*"):
-        path.unlink(missing_ok=True)
-        removed.append(path)
+    stem = config_stem(config)
+    for pattern in (f".{stem}_*{TEMP_MARKER}*", f".{history_name(config)}{TEMP_MARKER}*"):
+        for path in Path(folder).glob(pattern):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 

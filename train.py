@@ -24,6 +24,7 @@ from pathlib import Path
 
 import checkpoint
 import cli
+import history
 from checkpoint import Config
 
 log = logging.getLogger("train")
@@ -259,6 +260,7 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
             "examples_seen": examples_seen,
             "wall_time": wall_offset + time.monotonic() - started,
             "epoch_seconds": seconds,
+            "timestamp": time.time(),  # seconds since the Unix epoch, at the end of this epoch
         })
         state.update({
             "epoch": epoch + 1,
@@ -280,6 +282,7 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
         path = folder / checkpoint.format_name(config, epoch + 1, val_acc)
         try:
             checkpoint.save_atomic(state, path)
+            history.write_history(folder, state)
         except OSError as error:
             raise SaveFailed(f"saving a checkpoint in {folder} failed: {error.strerror or error}") from error
         checkpoint.prune_checkpoints(folder, config)
@@ -291,6 +294,20 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
 
 class SaveFailed(Exception):
     pass
+
+
+def update_history_file(folder: Path, state: dict) -> None:
+    """Rewrite the history file from the checkpoint being resumed when the two differ.
+
+    They differ after a kill between the checkpoint's save and the history file's, and for
+    checkpoints written before history files existed. A failure only warns, because the checkpoint,
+    which is intact, is what training resumes from.
+    """
+    try:
+        if history.write_history(folder, state):
+            log.info("updated the history file %s", history.history_path(folder, Config(**state["config"])))
+    except OSError as error:
+        log.warning("could not update the history file in %s: %s", folder, error.strerror or error)
 
 
 # ---------------------------------------------------------------- main
@@ -363,6 +380,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         found = find_resume_state(folder, config)
         state, path = found if found is not None else (new_state(config), None)
+        if found is not None:
+            update_history_file(folder, state)
         epochs_trained = 0
         if state["status"] == "ok" and state["epoch"] < args.epochs:
             state, path, epochs_trained = train(args, config, device, folder, scratch, state, path)
