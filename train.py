@@ -25,6 +25,7 @@ from pathlib import Path
 import checkpoint
 import cli
 import history
+import tensorboard_scalars
 from checkpoint import Config
 
 log = logging.getLogger("train")
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="Train one configuration, resuming from its checkpoints.",
+        epilog="TensorBoard: when the tensorboard package is installed (" + tensorboard_scalars.INSTALL_HINT
+               + "), each epoch's losses, accuracies and learning rate also go to "
+                 "SCRATCH/tensorboard/<dataset>/<model>/<configuration>/.",
         formatter_class=cli.HelpFormatter,
     )
     model = parser.add_argument_group("model and data")
@@ -235,6 +239,7 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
     wall_offset = state["history"][-1]["wall_time"] if state["history"] else 0.0
     examples_seen = state["history"][-1]["examples_seen"] if state["history"] else 0
     epochs_trained = 0
+    writer = tensorboard_scalars.open_writer(scratch, config, examples_seen)
     for epoch in range(state["epoch"], args.epochs):
         # Train and validate one epoch
         lr = training.learning_rate(config.lr, config.lr_decay, config.lr_step, epoch)
@@ -286,9 +291,15 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
         except OSError as error:
             raise SaveFailed(f"saving a checkpoint in {folder} failed: {error.strerror or error}") from error
         checkpoint.prune_checkpoints(folder, config)
+        # NOTE: a kill between the save and this write leaves the epoch out of TensorBoard, though the
+        # checkpoint and the history file have it.
+        if writer is not None:
+            tensorboard_scalars.write_epoch(writer, state["history"][-1])
         if diverged:
             log.warning("loss is not finite at epoch %d: this configuration diverged", epoch + 1)
             break
+    if writer is not None:
+        writer.close()
     return state, path, epochs_trained
 
 

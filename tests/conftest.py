@@ -47,3 +47,11 @@ def checkpoint_files(scratch: Path) -> list[Path]:
 
 def environment_without_gpus() -> dict:
     return {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+
+def environment_hiding(tmp_path: Path, package: str) -> dict:
+    """Return an environment in which importing `package` raises ImportError, as when it is not installed."""
+    blocker = tmp_path / "blocked" / package
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(f"raise ImportError('{package} is hidden by the test')\n")
+    return {**os.environ, "PYTHONPATH": str(blocker.parent)}
