@@ -65,6 +65,17 @@ class Trial:
 
 
 @dataclasses.dataclass(frozen=True)
+class RoundOutcome:
+    """A finished round of one bracket: its trials, their results and the trials it promoted."""
+
+    bracket: int  # s of the bracket
+    index: int  # i, the round's position in its bracket
+    trials: list[Trial]
+    results: list[TrialResult]  # in the order of `trials`
+    kept: list[Trial]  # promoted to the next round, best first; empty after the bracket's last round
+
+
+@dataclasses.dataclass(frozen=True)
 class LeaderboardRow:
     rank: int
     config: checkpoint.Config
@@ -88,7 +99,7 @@ class Search:
                  scratch: Path, data_dir: Path | None, folder: Path, slots: list[Slot],
                  launcher: LocalLauncher | None = None, trial_timeout: float | None = None,
                  on_result: Callable[[Trial, TrialResult, bool], None] | None = None, poll_seconds: float = 0.05,
-                 retries: int = 2):
+                 retries: int = 2, on_round: Callable[[RoundOutcome], None] | None = None):
         self.brackets = brackets
         self.configs = configs
         self.eta = eta
@@ -100,6 +111,8 @@ class Search:
         self.trial_timeout = trial_timeout
         # Called with each trial's result, and whether that came from an earlier run of the search.
         self.on_result = on_result or (lambda trial, result, reused: None)
+        # Called after each round's promotions are chosen, before the next round starts.
+        self.on_round = on_round or (lambda outcome: None)
         self.poll_seconds = poll_seconds
         self.retries = retries
         self.logs = self.folder / "logs"
@@ -125,6 +138,7 @@ class Search:
                 # Keep the best floor(n_i / eta); the last round keeps none.
                 keep = len(alive) // self.eta if index + 1 < len(bracket.rounds) else 0
                 chosen = plan.select_best([result.score for result in results], keep)
+                self.on_round(RoundOutcome(bracket.s, index, trials, results, [trials[j] for j in chosen]))
                 alive = [alive[j] for j in chosen]
                 previous_epochs = round_.epochs
         return self.leaderboard()
@@ -184,9 +198,7 @@ class Search:
     # ------------------------------------------------------------ one trial
 
     def _paths(self, trial: Trial) -> tuple[Path, Path]:
-        # Not Path.with_suffix: the stem contains dots ("val0.1"), which it would cut at.
-        base = f"{trial.stem}_ep{trial.epochs:04d}"
-        return self.logs / f"{base}.out", self.logs / f"{base}.log"
+        return trial_log_paths(self.logs, trial.stem, trial.epochs)
 
     def _start(self, trial: Trial, slot: Slot) -> tuple[RunningTrial, int]:
         stdout_path, stderr_path = self._paths(trial)
@@ -239,19 +251,30 @@ class Search:
     # ------------------------------------------------------------ leaderboard
 
     def leaderboard(self) -> list[LeaderboardRow]:
-        """Rank every configuration by its last result: valid scores first, higher better.
+        """Rank every configuration by its last result, with `rank_results`."""
+        return rank_results(list(self.final.values()))
 
-        Ties go to more epochs, then to the configuration drawn first.
-        """
-        entries = list(self.final.values())
 
-        def rank_key(entry):
-            config, result, order = entry
-            score = result.score
-            return (score is None, -(score or 0.0), -result.epochs, order)
+def rank_results(entries: list[tuple[checkpoint.Config, TrialResult, int]]) -> list[LeaderboardRow]:
+    """Rank configurations by their last result: valid scores first, higher better.
 
-        entries.sort(key=rank_key)
-        return [LeaderboardRow(rank, config, result) for rank, (config, result, _) in enumerate(entries, 1)]
+    Each entry is (configuration, last result, order of that result in the search). Ties go to more
+    epochs, then to the lower order.
+    """
+    def rank_key(entry):
+        config, result, order = entry
+        score = result.score
+        return (score is None, -(score or 0.0), -result.epochs, order)
+
+    entries = sorted(entries, key=rank_key)
+    return [LeaderboardRow(rank, config, result) for rank, (config, result, _) in enumerate(entries, 1)]
+
+
+def trial_log_paths(logs: Path, stem: str, epochs: int) -> tuple[Path, Path]:
+    """Return the files in `logs` that receive the stdout and the stderr of the trial training `stem` to `epochs`."""
+    # Not Path.with_suffix: the stem contains dots ("val0.1"), which it would cut at.
+    base = f"{stem}_ep{epochs:04d}"
+    return logs / f"{base}.out", logs / f"{base}.log"
 
 
 def last_line(path: Path, offset: int = 0, window: int = 65536) -> str:
