@@ -88,7 +88,7 @@ def test_checkpoint_contents(tmp_path, cifar_dir):
     assert state["format_version"] == checkpoint.FORMAT_VERSION
     assert set(state["rng"]) == {"data", "torch", "cuda"}
     assert set(state["history"][0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                                        "examples_seen", "wall_time", "epoch_seconds"}
+                                        "examples_seen", "wall_time", "epoch_seconds", "timestamp"}
     assert state["history"][0]["examples_seen"] == 180  # 200 images less the 10% validation split
 
 
