@@ -3,10 +3,12 @@
     python hyperband.py --model vgg11 --width 0.25 --max-epochs 9 --eta 3 --workers 2 --data-dir ~/data
     python hyperband.py --max-epochs 81 --eta 3 --dry-run          # print the bracket table only
     python hyperband.py --model resnet18 --max-epochs 27 --space space.toml --gpus 4 --per-gpu 2
+    python hyperband.py --model vgg11 --width 0.25 --max-epochs 9 --eta 3 --report   # report on that search
 
 Killed at any moment, the same command run again carries on: it draws the same configurations,
 reads finished results from the search's journal and the checkpoint names, and resumes the rest.
-The leaderboard is printed at the end and written to SCRATCH/searches/<search>/leaderboard.csv.
+The leaderboard is printed at the end and written to SCRATCH/searches/<search>/leaderboard.csv,
+beside report.md and plots/, which are also redrawn after every round.
 
 The driver never imports torch, the models or the data: each trial is a train.py subprocess.
 """
@@ -34,6 +36,7 @@ from tqdm import tqdm
 import checkpoint
 import cli
 import plan
+import report
 import space
 from launcher import make_slots, visible_gpus
 from search import Search, SearchError, Trial, train_arguments
@@ -62,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TOML search space (default: lr log-uniform in [0.01, 0.4], lr-decay uniform "
                              "in [0, 0.5], batch-size in {64, 128, 256}, lr-step R/3)")
     search.add_argument("--dry-run", action="store_true", help="print the bracket table and exit")
+    search.add_argument("--report", action="store_true",
+                        help="write the report and plots of the search with these settings from its files, print "
+                             "the report and exit, training nothing")
 
     model = parser.add_argument_group("model and data, passed to every trial")
     model.add_argument("--model", default=defaults.model, metavar="NAME", help="model name, as in train.py")
@@ -113,6 +119,8 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
             parser.error(f"invalid --{field.replace('_', '-')} {getattr(args, field)}: must be {rule}")
     if args.space is not None and not args.space.is_file():
         parser.error(f"invalid --space {args.space}: file not found")
+    if args.report and args.dry_run:
+        parser.error("--report and --dry-run exclude each other: --dry-run prints the plan only")
 
 
 def choose_gpus(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -212,8 +220,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Plan, draw the configurations, run the search and print its leaderboard; return the exit code."""
     # Plan
     brackets = plan.plan_brackets(args.max_epochs, args.eta)
-    print(f"Hyperband plan for R={args.max_epochs}, eta={args.eta} (configurations x epochs per round):")
-    print(plan.format_plan(brackets), flush=True)
+    if not args.report:
+        print(f"Hyperband plan for R={args.max_epochs}, eta={args.eta} (configurations x epochs per round):")
+        print(plan.format_plan(brackets), flush=True)
     if args.dry_run:
         return 0
 
@@ -229,16 +238,22 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                              val_fraction=args.val_fraction)
     configs = [space.sample_configs(dimensions, bracket.rounds[0].configs, rng, base) for bracket in brackets]
 
-    # Let train.py reject what it would reject, before anything runs
+    # The search's folder, which is all that --report reads
     scratch, source = checkpoint.resolve_scratch(args.scratch)
+    folder = search_folder(scratch, args, space_text)
+    settings = report.SearchSettings(folder, scratch, args.data_dir, brackets, configs,
+                                     describe=lambda config: describe(config, dimensions))
+    if args.report:
+        return show_report(settings, parser)
+
+    # Let train.py reject what it would reject, before anything runs
     code = check_with_train(configs[0][0], scratch, args.data_dir)
     if code != 0:
         return code
 
-    # Slots and the search's folder
+    # Slots, and the search's folder locked
     gpu_ids = choose_gpus(args, parser)
     slots = make_slots(gpu_ids, args.per_gpu, args.workers, os.cpu_count() or 1)
-    folder = search_folder(scratch, args, space_text)
     log.info("scratch folder: %s (%s); search folder: %s", scratch.resolve(), source, folder)
     log.info("%d slots: %s", len(slots), ", ".join(slot.name for slot in slots))
     folder.mkdir(parents=True, exist_ok=True)
@@ -247,15 +262,18 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # The search, with a progress bar over all its epochs
     total_epochs = sum(bracket.epochs_with_reuse for bracket in brackets)
     started = time.monotonic()
+    recorder = report.RoundRecorder(settings)
     with tqdm(total=total_epochs, unit="epoch", desc="search", disable=args.quiet, file=sys.stderr) as bar:
         def on_result(trial: Trial, result, reused: bool) -> None:
             bar.update(trial.epochs - trial.previous_epochs)
+            recorder.note_result(reused)
             score = f"val acc {result.val_acc:.4f}" if result.status == "ok" else result.status
             log.info("%s to %d epochs: %s (%s)", describe(trial.config, dimensions), trial.epochs, score,
                      "from an earlier run" if reused else f"{result.seconds:.0f} s")
 
         search = Search(brackets, configs, args.eta, scratch, args.data_dir, folder, slots,
-                        trial_timeout=args.trial_timeout, on_result=on_result, retries=args.retries)
+                        trial_timeout=args.trial_timeout, on_result=on_result, retries=args.retries,
+                        on_round=recorder)
         rows = search.run()
 
     # Leaderboard
@@ -263,12 +281,36 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     write_leaderboard(leaderboard_path, rows)
     lock.close()
     print(f"\nLeaderboard ({len(rows)} configurations, {time.monotonic() - started:.0f} s):")
-    print_leaderboard(rows, dimensions)
+    print(report.format_leaderboard(rows, settings.describe))
     best = rows[0]
-    command = ["python", "train.py"] + train_arguments(best.config, best.result.epochs, scratch, args.data_dir)[2:]
     print(f"\nBest checkpoint: {best.result.checkpoint}")
-    print(f"Reproduce it:    {' '.join(command)}")
+    print(f"Reproduce it:    {report.reproduce_command(best.config, best.result.epochs, scratch, args.data_dir)}")
     print(f"Leaderboard CSV: {leaderboard_path}")
+    try:
+        report_path, _, plot_paths = report.write_report(settings)
+    except OSError as error:
+        log.warning("could not write the report in %s: %s", folder, error.strerror or error)
+        return 0
+    print(f"Report:          {report_path}")
+    for path in plot_paths:
+        print(f"Plot:            {path}")
+    return 0
+
+
+def show_report(settings: report.SearchSettings, parser: argparse.ArgumentParser) -> int:
+    """Write and print the report of the search in `settings`, from its files alone."""
+    if not settings.folder.is_dir():
+        searches = sorted(path.name for path in settings.folder.parent.glob("*") if path.is_dir())
+        parser.error(f"--report: no search with these settings in {settings.folder.parent} (expected the folder "
+                     f"{settings.folder.name}). Give the flags and --space of the search to report on; "
+                     f"searches there: {', '.join(searches) or 'none'}")
+    try:
+        path, text, _ = report.write_report(settings)
+    except OSError as error:
+        print(f"error: could not write the report in {settings.folder}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    print(text, end="")
+    print(f"Report written to {path}")
     return 0
 
 
@@ -285,17 +327,6 @@ def check_with_train(config: checkpoint.Config, scratch: Path, data_dir: Path | 
         print(f"error: train.py rejected this search's settings: {message}", file=sys.stderr)
         return checkpoint.EXIT_USAGE
     return 0
-
-
-def print_leaderboard(rows, dimensions: list[space.Dimension]) -> None:
-    described = [describe(row.config, dimensions) for row in rows]
-    width = max(len("configuration"), *map(len, described))
-    print(f"{'rank':>4}  {'epochs':>6}  {'val acc':>7}  {'status':<8}  {'configuration':<{width}}  checkpoint")
-    for row, description in zip(rows, described):
-        acc = f"{row.result.val_acc:.4f}" if row.result.val_acc is not None else "-"
-        name = Path(row.result.checkpoint).name if row.result.checkpoint else "-"
-        print(f"{row.rank:>4}  {row.result.epochs:>6}  {acc:>7}  {row.result.status:<8}  "
-              f"{description:<{width}}  {name}")
 
 
 if __name__ == "__main__":
