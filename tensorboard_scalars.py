@@ -35,9 +35,10 @@ def run_folder(scratch: Path, config: checkpoint.Config) -> Path:
 def open_writer(scratch: Path, config: checkpoint.Config, examples_seen: int):
     """Open `config`'s TensorBoard run for new epochs; return None when tensorboard is not installed.
 
-    `examples_seen` is the step of the checkpoint that training resumes from. Points that an earlier,
-    killed process wrote after that step are hidden (TensorBoard's purge_step), so an epoch trained
-    again after a kill shows once.
+    `examples_seen` is the step of the checkpoint that training resumes from. Points that an earlier
+    process wrote after that step are hidden (TensorBoard's purge_step). They exist when training
+    resumes from an older checkpoint than the newest one written, say because the newest was damaged,
+    so an epoch trained twice shows once.
     """
     try:
         from torch.utils.tensorboard import SummaryWriter
