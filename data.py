@@ -72,11 +72,18 @@ def download(dataset: str, data_dir: Path) -> None:
     """Download `dataset` into `data_dir` through torchvision, or raise DataError saying where to put it."""
     spec = DATASETS[dataset]
     log.info("%s not found in %s, downloading it there", dataset, data_dir)
+    missing_folders = [folder for folder in [Path(data_dir), *Path(data_dir).parents] if not folder.exists()]
     try:
         import torchvision
 
         getattr(torchvision.datasets, spec["download"])(root=str(data_dir), train=True, download=True)
     except Exception as error:  # no network, read-only folder, missing torchvision...
+        # Leave no empty folders behind from a mistyped --data-dir.
+        for folder in missing_folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty, or gone: keep it and its parents
         raise DataError(
             f"{dataset} is missing from {data_dir} and downloading it failed ({error}). "
             f"Put the python version of the dataset there, as {Path(data_dir) / spec['folder']}/"

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dataset", default=defaults.dataset, choices=("cifar10", "cifar100"),
                        help="dataset to train on")
     model.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
-                       help="folder holding the dataset (default: SCRATCH/data)")
+                       help="folder holding the dataset (default: the scratch folder's data/)")
     model.add_argument("--val-fraction", type=float, default=defaults.val_fraction, metavar="FRACTION",
                        help="fraction of the training images held out for validation")
     model.add_argument("--scratch", type=Path, default=None, metavar="DIR",
@@ -128,7 +128,8 @@ def choose_gpus(args: argparse.Namespace, parser: argparse.ArgumentParser) -> li
     if args.gpus is None:
         return visible
     if args.gpus > len(visible):
-        parser.error(f"invalid --gpus {args.gpus}: only {len(visible)} GPUs are visible")
+        parser.error(f"invalid --gpus {args.gpus}: only {len(visible)} GPUs are visible; "
+                     f"use --gpus 0 with --workers N to run on the CPU")
     return visible[:args.gpus]
 
 
@@ -220,17 +221,17 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Plan, draw the configurations, run the search and print its leaderboard; return the exit code."""
     # Plan
     brackets = plan.plan_brackets(args.max_epochs, args.eta)
-    if not args.report:
-        print(f"Hyperband plan for R={args.max_epochs}, eta={args.eta} (configurations x epochs per round):")
-        print(plan.format_plan(brackets), flush=True)
-    if args.dry_run:
-        return 0
-
     try:
         dimensions = space.load_space(args.space) if args.space else space.default_space(args.max_epochs)
     except space.SpaceError as error:
-        parser.error(f"invalid --space {args.space}: {error}")
+        parser.error(f"invalid --space: {error}")
     space_text = args.space.read_text() if args.space else ""
+    if not args.report:
+        print(f"Hyperband plan for R={args.max_epochs}, eta={args.eta} (configurations x epochs per round; "
+              f"'epochs' counts epochs trained when promoted configurations resume, 'no reuse' when they restart):")
+        print(plan.format_plan(brackets), flush=True)
+    if args.dry_run:
+        return 0
 
     # Configurations, drawn from the seed in bracket order
     rng = random.Random(args.seed)
@@ -255,7 +256,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     gpu_ids = choose_gpus(args, parser)
     slots = make_slots(gpu_ids, args.per_gpu, args.workers, os.cpu_count() or 1)
     log.info("scratch folder: %s (%s); search folder: %s", scratch.resolve(), source, folder)
-    log.info("%d slots: %s", len(slots), ", ".join(slot.name for slot in slots))
+    log.info("trials at once: %d (%s)", len(slots), ", ".join(slot.name for slot in slots))
     folder.mkdir(parents=True, exist_ok=True)
     lock = lock_search(folder)
 
@@ -263,12 +264,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     total_epochs = sum(bracket.epochs_with_reuse for bracket in brackets)
     started = time.monotonic()
     recorder = report.RoundRecorder(settings)
-    with tqdm(total=total_epochs, unit="epoch", desc="search", disable=args.quiet, file=sys.stderr) as bar:
+    with tqdm(total=total_epochs, unit="epoch", desc="search", disable=True if args.quiet else None,
+              file=sys.stderr) as bar:  # None: no bar when stderr is a file, as in a batch job's log
         def on_result(trial: Trial, result, reused: bool) -> None:
             bar.update(trial.epochs - trial.previous_epochs)
             recorder.note_result(reused)
             score = f"val acc {result.val_acc:.4f}" if result.status == "ok" else result.status
-            log.info("%s to %d epochs: %s (%s)", describe(trial.config, dimensions), trial.epochs, score,
+            log.info("%s after %d epochs: %s (%s)", describe(trial.config, dimensions), trial.epochs, score,
                      "from an earlier run" if reused else f"{result.seconds:.0f} s")
 
         search = Search(brackets, configs, args.eta, scratch, args.data_dir, folder, slots,
@@ -322,11 +324,15 @@ def check_with_train(config: checkpoint.Config, scratch: Path, data_dir: Path | 
         print(f"error: the check of the settings (train.py --check) was killed by signal {-check.returncode}; "
               f"rerun the same command", file=sys.stderr)
         return 1
-    if check.returncode != 0:
-        message = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else f"exit code {check.returncode}"
-        print(f"error: train.py rejected this search's settings: {message}", file=sys.stderr)
-        return checkpoint.EXIT_USAGE
-    return 0
+    if check.returncode == 0:
+        return 0
+    message = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else f"exit code {check.returncode}"
+    message = message.removeprefix("train.py: ").removeprefix("error: ")
+    if check.returncode == checkpoint.EXIT_DATA_MISSING:
+        print(f"error: {message}", file=sys.stderr)
+        return checkpoint.EXIT_DATA_MISSING
+    print(f"error: train.py rejected the settings of this search: {message}", file=sys.stderr)
+    return checkpoint.EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="multiplier of every layer's channel count")
     model.add_argument("--dataset", default=defaults.dataset, choices=DATASET_NAMES, help="dataset to train on")
     model.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
-                       help="folder holding cifar-10-batches-py/ or cifar-100-python/ (default: SCRATCH/data)")
+                       help="folder holding cifar-10-batches-py/ or cifar-100-python/ "
+                            "(default: the scratch folder's data/)")
     model.add_argument("--val-fraction", type=float, default=defaults.val_fraction, metavar="FRACTION",
                        help="fraction of the training images held out for validation, by a fixed split")
 
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="factor the learning rate is multiplied by every --lr-step epochs")
     optim.add_argument("--lr-step", type=int, default=defaults.lr_step, metavar="EPOCHS",
                        help="epochs between learning-rate decays")
-    optim.add_argument("--momentum", type=float, default=defaults.momentum, metavar="M")
+    optim.add_argument("--momentum", type=float, default=defaults.momentum, metavar="M",
+                       help="SGD momentum factor, in [0, 1)")
     optim.add_argument("--weight-decay", type=float, default=defaults.weight_decay, metavar="L2",
                        help="L2 penalty coefficient")
     optim.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N",
@@ -85,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: wait until it is done)")
     run.add_argument("--quiet", action="store_true", help="print no progress, only warnings and the result line")
     run.add_argument("--check", action="store_true",
-                     help="check the arguments and the dataset files, then exit without training or writing")
+                     help="check the arguments and the dataset files (downloading them when missing), "
+                          "then exit without training or writing a checkpoint")
     return parser
 
 
@@ -136,14 +139,21 @@ def choose_device(parser: argparse.ArgumentParser, requested: str | None):
 def result_line(state: dict, path: Path, epoch: int | None = None, epochs_trained: int = 0) -> dict:
     """Build the JSON result of `state`, or of its history at `epoch` when that is earlier."""
     record = state["history"][-1]
+    status = state["status"]
     if epoch is not None and epoch < state["epoch"]:
         record = state["history"][epoch - 1]
+        status = "ok"  # a diverged run is marked at its last epoch, so earlier ones were finite
+
+    def finite_or_none(value: float) -> float | None:
+        # JSON has no NaN or infinity, and strict parsers reject Python's extensions for them.
+        return value if math.isfinite(value) else None
+
     return {
-        "status": state["status"],
+        "status": status,
         "epoch": record["epoch"],
         "val_acc": record["val_acc"],
-        "val_loss": record["val_loss"],
-        "train_loss": record["train_loss"],
+        "val_loss": finite_or_none(record["val_loss"]),
+        "train_loss": finite_or_none(record["train_loss"]),
         "checkpoint": str(path),
         "latest_epoch": state["epoch"],
         "epochs_trained": epochs_trained,
@@ -151,7 +161,7 @@ def result_line(state: dict, path: Path, epoch: int | None = None, epochs_traine
 
 
 def print_result(result: dict) -> None:
-    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
@@ -334,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, parser)
     except cli.Stopped as stop:
-        print(f"stopped by {stop}; the epoch in progress is lost, rerun the same command to resume",
-              file=sys.stderr)
+        print(f"stopped by {stop}; completed epochs are saved (an epoch in progress is lost). "
+              f"Rerun the same command to resume.", file=sys.stderr)
         return 128 + stop.signum
 
 

@@ -624,3 +624,14 @@ def test_invalid_input_exits_2(tmp_path, cifar_dir, case):
     assert flags[0] in errors[0]
     assert named in errors[0]
     assert not scratch.exists()
+
+
+def test_dry_run_checks_space(tmp_path, cifar_dir):
+    inverted = tmp_path / "inverted.toml"
+    inverted.write_text("[lr]\nuniform = [0.4, 0.1]\n")
+
+    completed = run_hyperband(tmp_path / "scratch", cifar_dir, "--dry-run", "--space", str(inverted))
+
+    assert completed.returncode == 2
+    assert "inverted range" in completed.stderr
+    assert "Traceback" not in completed.stderr

@@ -120,8 +120,11 @@ def test_scratch_from_environment(tmp_path, cifar_dir):
 
 def test_divergence_reported_and_remembered(tmp_path, cifar_dir):
     flags = FAST + ["--lr", "1e+12", "--epochs", "3"]
-    first = result_of(run_train(flags, tmp_path, cifar_dir))
+    completed = run_train(flags, tmp_path, cifar_dir)
+    first = result_of(completed)
     assert first["status"] == "diverged"
+    assert "NaN" not in completed.stdout  # strict JSON: non-finite losses are null
+    assert "Infinity" not in completed.stdout
     assert any(checkpoint.parse_name(p.name).diverged for p in checkpoint_files(tmp_path))
     again = result_of(run_train(flags + [], tmp_path, cifar_dir))
     assert again["status"] == "diverged"
@@ -286,6 +289,7 @@ def test_missing_data_says_where(tmp_path):
     assert "cifar-10-batches-py" in completed.stderr
     assert "Traceback" not in completed.stderr
     assert not (tmp_path / "scratch" / "checkpoints").exists()
+    assert not (tmp_path / "empty").exists()  # the failed download left no empty folder
 
 
 def test_data_folder_may_be_read_only(tmp_path, cifar_dir):

@@ -36,19 +36,22 @@ import torch
 from tiny_cifar import write_cifar10
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import cli  # noqa: E402  (needs the path set above)
 EPOCH_LINE = re.compile(r" INFO epoch (\d+)/\d+ ")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soak.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=cli.HelpFormatter)
     parser.add_argument("--kills", type=int, default=10, metavar="N", help="SIGKILLs to send")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the kill moments and targets")
     parser.add_argument("--max-epochs", type=int, default=9, metavar="R", help="the search's --max-epochs")
     parser.add_argument("--eta", type=int, default=3, metavar="ETA", help="the search's --eta")
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="the search's --workers")
     parser.add_argument("--interval", type=float, nargs=2, default=(1.0, 6.0), metavar=("LOW", "HIGH"),
-                        help="seconds between kills, drawn uniformly from [LOW, HIGH]")
+                        help="seconds between kills, drawn uniformly from [LOW, HIGH] (default: 1 6)")
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help="folder for the data and both runs (default: a new temporary folder)")
     parser.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
