@@ -1,9 +1,9 @@
 """The Hyperband search loop: brackets of rounds, each round a batch of trials run in slots.
 
 A trial is "train configuration C until it has completed r epochs", one run of train.py. The search
-keeps no state of its own beyond the journal of results: a restarted search draws the same
-configurations, takes every finished result from the journal or the checkpoint names, and launches
-train.py only for the rest, which resume from their checkpoints.
+keeps no state of its own beyond the journal of results. A restarted search draws the same
+configurations and takes every finished result from the journal or the checkpoint names. It
+launches train.py only for the rest, which resume from their checkpoints.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 # How a trial's end is classified. A bad configuration ranks last and the search goes on. A
-# failure of the infrastructure says nothing about the configuration: the trial is retried from
+# failure of the infrastructure is no fault of the configuration, so the trial is retried from
 # its checkpoint a bounded number of times, then the search stops, so that a full disk never
 # turns into a leaderboard of failed configurations. A fatal failure stops the search at once,
 # because no rerun can fix it.

@@ -1,4 +1,4 @@
-"""What a user would otherwise write: a torchvision DataLoader over PIL images, and a plain loop."""
+"""The baseline a user would otherwise write: a torchvision DataLoader over PIL images, and a plain loop."""
 
 from __future__ import annotations
 

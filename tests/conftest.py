@@ -24,6 +24,25 @@ def cifar_dir(tmp_path_factory) -> Path:
     return write_cifar10(tmp_path_factory.mktemp("data"))
 
 
+# A search space for end-to-end searches: small batches for the tiny data, and the default ranges.
+SPACE_TOML = """\
+batch-size = 32
+
+[lr]
+log-uniform = [0.01, 0.4]
+
+[lr-decay]
+uniform = [0.0, 0.5]
+"""
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "space.toml"
+    path.write_text(SPACE_TOML)
+    return path
+
+
 # Flags of a fast configuration: the small model on the tiny data, one thread.
 FAST = ["--model", "small", "--width", "0.5", "--lr", "0.05", "--batch-size", "32", "--threads", "1",
         "--device", "cpu"]

@@ -1,6 +1,6 @@
 """Both command lines over random invalid arguments: exit code 2, one error line, nothing written.
 
-The scripts' main functions run in this process, which is fast enough for many examples; the
+The scripts' main functions run in this process, which is fast enough for many examples. The
 subprocess tests in test_train.py and test_search.py check the same contract end to end.
 """
 

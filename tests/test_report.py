@@ -28,15 +28,6 @@ from search import RoundOutcome, Trial
 pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install matplotlib)")
 
 SEARCH_FLAGS = ["--model", "small", "--width", "0.5", "--max-epochs", "3", "--eta", "3", "--workers", "2"]
-SPACE_TOML = """\
-batch-size = 32
-
-[lr]
-log-uniform = [0.01, 0.4]
-
-[lr-decay]
-uniform = [0.0, 0.5]
-"""
 
 
 def run_hyperband(scratch: Path, data_dir: Path, space_file: Path, *extra: str, env: dict | None = None):
@@ -81,13 +72,6 @@ def section(text: str, title: str) -> str:
 
 def code_block(text: str) -> str:
     return text.split("```", 2)[1].split("\n", 1)[1]
-
-
-@pytest.fixture(scope="module")
-def space_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("space") / "space.toml"
-    path.write_text(SPACE_TOML)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -401,15 +401,6 @@ def test_trial_log_names_keep_epochs(tmp_path):
 
 
 SEARCH_FLAGS = ["--model", "small", "--width", "0.5", "--max-epochs", "3", "--eta", "3", "--workers", "2"]
-SPACE_TOML = """\
-batch-size = 32
-
-[lr]
-log-uniform = [0.01, 0.4]
-
-[lr-decay]
-uniform = [0.0, 0.5]
-"""
 CONFIG_COLUMNS = [field for field in checkpoint.Config.__dataclass_fields__]
 
 
@@ -452,13 +443,6 @@ def file_snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Map every file under `folder` to its size and modification time."""
     return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
             for path in folder.rglob("*") if path.is_file()}
-
-
-@pytest.fixture(scope="module")
-def space_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("space") / "space.toml"
-    path.write_text(SPACE_TOML)
-    return path
 
 
 @pytest.fixture(scope="module")

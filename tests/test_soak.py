@@ -1,4 +1,4 @@
-"""The soak harness, short: a real search killed 10 times must still reach the reference answer."""
+"""The soak harness, short: a real search killed 10 times must still reach the reference result."""
 
 from __future__ import annotations
 

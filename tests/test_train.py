@@ -282,7 +282,7 @@ def test_unknown_model_lists_known(tmp_path, cifar_dir):
 
 
 def test_missing_data_says_where(tmp_path):
-    # No network is assumed: the download fails and the message says where the files go.
+    # No network is assumed: the download fails and the message names the folder where the files go.
     completed = run_train(FAST + ["--epochs", "1"], tmp_path / "scratch", tmp_path / "empty",
                           env={**os.environ, "NO_PROXY": "", "https_proxy": "http://127.0.0.1:9"})
     assert completed.returncode == checkpoint.EXIT_DATA_MISSING

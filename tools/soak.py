@@ -1,4 +1,4 @@
-"""Kill a real search at random moments and check that it still reaches the uninterrupted answer.
+"""Kill a real search at random moments and check that it still reaches the uninterrupted run's result.
 
     python tools/soak.py --kills 10                      # about 2 minutes on 2 cores
     python tools/soak.py --kills 100 --max-epochs 81     # the long run quoted in docs/RELIABILITY.md
