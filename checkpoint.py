@@ -75,6 +75,8 @@ class Config:
     batch_size: int = 128
     seed: int = 0
     val_fraction: float = 0.1
+    split_seed: int = 0  # 0 is the standard train/validation split; others draw a split from this seed
+    precision: str = "fp32"  # "bf16" trains under autocast; fp32 keeps results comparable
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -88,6 +90,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
+PRECISIONS = ("fp32", "bf16")
+
 # Valid values of each hyperparameter, shared by train.py's flags and the search-space files.
 RULES = {
     "width": (lambda v: 0 < v, "a number > 0"),
@@ -99,6 +103,8 @@ RULES = {
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
     "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "split_seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "precision": (lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
 }
 
 
@@ -107,6 +113,8 @@ def check_value(field: str, value) -> str | None:
     predicate, rule = RULES[field]
     expected = Config.__dataclass_fields__[field].type
     if expected == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        return rule
+    if expected == "str" and not isinstance(value, str):
         return rule
     if expected == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
                                 or not math.isfinite(value)):
@@ -126,16 +134,26 @@ NAME_KEYS = {
     "seed": "seed",
     "val_fraction": "val",
 }
+# Fields that appear in the name only when they differ from their default, so that names of
+# runs with the standard split in fp32 stay short. Their values never contain "_" either.
+OPTIONAL_NAME_KEYS = {
+    "split_seed": "split",
+    "precision": "",
+}
 _NUMBER = r"[-+0-9.e]+|inf|nan"
 _NAME_PATTERN = re.compile(
     r"(?P<dataset>[a-z0-9]+)_(?P<model>[a-z0-9]+)_"
     + "_".join(f"{key}(?P<{field}>{_NUMBER})" for field, key in NAME_KEYS.items())
+    + r"(?:_split(?P<split_seed>\d+))?"
+    + r"(?:_(?P<precision>%s))?" % "|".join(p for p in PRECISIONS if p != "fp32")
     + r"_ep(?P<epoch>\d{4,})_(?:acc(?P<acc>[01]\.\d{%d})|(?P<diverged>diverged))" % ACCURACY_DECIMALS
     + re.escape(SUFFIX)
 )
 
 
 def format_number(value) -> str:
+    if isinstance(value, str):
+        return value
     if isinstance(value, int):
         return str(value)
     return f"{value:.{SIGNIFICANT_DIGITS}g}"
@@ -145,6 +163,10 @@ def config_stem(config: Config) -> str:
     """Return the part of a checkpoint name that identifies the configuration."""
     fields = [config.dataset, config.model]
     fields += [key + format_number(getattr(config, field)) for field, key in NAME_KEYS.items()]
+    for field, key in OPTIONAL_NAME_KEYS.items():
+        value = getattr(config, field)
+        if value != Config.__dataclass_fields__[field].default:
+            fields.append(key + format_number(value))
     return "_".join(fields)
 
 
@@ -195,12 +217,16 @@ def parse_name(name: str) -> ParsedName | None:
             values[field] = int(text) if Config.__dataclass_fields__[field].type == "int" else float(text)
     except ValueError:
         return None
+    if match["split_seed"] is not None:
+        values["split_seed"] = int(match["split_seed"])
+    if match["precision"] is not None:
+        values["precision"] = match["precision"]
     config = Config(**values)
-    # A name whose numbers are not in canonical form (say "lr0.10") parses to a config whose own
-    # name differs. Accepting it would let two files claim one configuration.
-    if config_stem(config) != name[: len(config_stem(config))]:
-        return None
     val_acc = None if match["diverged"] else float(match["acc"])
+    # A name not in canonical form (say "lr0.10", or "split0" for the default split) parses to a
+    # config whose own name differs. Accepting it would let two files claim one configuration.
+    if format_name(config, int(match["epoch"]), val_acc) != name:
+        return None
     return ParsedName(config, int(match["epoch"]), val_acc)
 
 

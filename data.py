@@ -174,16 +174,19 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
 # ---------------------------------------------------------------- split and device tensors
 
 
-def split_indices(count: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(count: int, val_fraction: float, split_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Return disjoint train and validation indices of `count` training images.
 
     The permutation comes from a fixed seed, so the split is the same on every invocation.
+    `split_seed` 0 gives the standard split; any other value gives a split of its own, which is
+    never the standard one's by accident, since it is seeded with the pair (SPLIT_SEED, split_seed).
     """
     val_count = int(round(count * val_fraction))
     if not 0 < val_count < count:
         raise DataError(f"--val-fraction {val_fraction} leaves {val_count} of {count} images for validation; "
                         f"choose a fraction that keeps at least one image on each side")
-    order = np.random.RandomState(SPLIT_SEED).permutation(count)
+    seed = SPLIT_SEED if split_seed == 0 else [SPLIT_SEED, split_seed]
+    order = np.random.RandomState(seed).permutation(count)
     return np.sort(order[val_count:]), np.sort(order[:val_count])
 
 
@@ -202,10 +205,10 @@ class DeviceData:
         return len(self.train_y)
 
 
-def load_device_data(dataset: str, data_dir: Path, cache_dir: Path | None, val_fraction: float,
+def load_device_data(dataset: str, data_dir: Path, cache_dir: Path | None, val_fraction: float, split_seed: int,
                      device: torch.device) -> DeviceData:
     arrays = load_arrays(dataset, data_dir, cache_dir)
-    train_index, val_index = split_indices(len(arrays["train_y"]), val_fraction)
+    train_index, val_index = split_indices(len(arrays["train_y"]), val_fraction, split_seed)
     train_x = torch.from_numpy(arrays["train_x"][train_index]).to(device)
     # Padding once here saves a pad per batch; the crop below reads 32x32 windows out of it.
     train_x = torch.nn.functional.pad(train_x, (PADDING,) * 4)

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder holding the dataset (default: the scratch folder's data/)")
     model.add_argument("--val-fraction", type=float, default=defaults.val_fraction, metavar="FRACTION",
                        help="fraction of the training images held out for validation")
+    model.add_argument("--precision", default=defaults.precision, choices=checkpoint.PRECISIONS,
+                       help="fp32, or bf16 autocast (faster on recent GPUs; not comparable with fp32 results)")
     model.add_argument("--scratch", type=Path, default=None, metavar="DIR",
                        help="folder for checkpoints and the search's files (default: $SCRATCH, else ./scratch)")
 
@@ -138,11 +140,16 @@ def choose_gpus(args: argparse.Namespace, parser: argparse.ArgumentParser) -> li
 
 def search_folder(scratch: Path, args: argparse.Namespace, space_text: str) -> Path:
     """Return the folder of this search: readable settings plus a hash of everything that draws configurations."""
-    settings = json.dumps([args.dataset, args.model, args.width, args.val_fraction, args.max_epochs, args.eta,
-                           args.seed, space_text])
-    digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
-    name = f"{args.dataset}_{args.model}_R{args.max_epochs}_eta{args.eta}_seed{args.seed}_{digest}"
-    return scratch / "searches" / name
+    settings = [args.dataset, args.model, args.width, args.val_fraction, args.max_epochs, args.eta, args.seed,
+                space_text]
+    name = f"{args.dataset}_{args.model}_R{args.max_epochs}_eta{args.eta}_seed{args.seed}"
+    # Only a non-default precision joins the settings, so fp32 searches keep the folder they had
+    # before the flag existed.
+    if args.precision != "fp32":
+        settings.append(args.precision)
+        name += f"_{args.precision}"
+    digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
+    return scratch / "searches" / f"{name}_{digest}"
 
 
 def lock_search(folder: Path):
@@ -236,7 +243,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # Configurations, drawn from the seed in bracket order
     rng = random.Random(args.seed)
     base = checkpoint.Config(dataset=args.dataset, model=args.model, width=args.width, seed=args.seed,
-                             val_fraction=args.val_fraction)
+                             val_fraction=args.val_fraction, precision=args.precision)
     configs = [space.sample_configs(dimensions, bracket.rounds[0].configs, rng, base) for bracket in brackets]
 
     # The search's folder, which is all that --report reads

@@ -27,9 +27,9 @@ from pathlib import Path
 import checkpoint
 
 DISTRIBUTIONS = ("log-uniform", "uniform", "int", "choice")
-# Hyperparameters a space may set. The model, its width and the dataset are the search's own
-# flags, since a search compares configurations of one model.
-SEARCHABLE = tuple(field for field in checkpoint.RULES if field != "width")
+# Hyperparameters a space may set. The model, its width, the dataset, the split and the precision
+# are the search's own flags, since a search compares configurations of one model on one split.
+SEARCHABLE = tuple(field for field in checkpoint.RULES if field not in ("width", "split_seed", "precision"))
 
 
 class SpaceError(ValueError):

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: the scratch folder's data/)")
     model.add_argument("--val-fraction", type=float, default=defaults.val_fraction, metavar="FRACTION",
                        help="fraction of the training images held out for validation, by a fixed split")
+    model.add_argument("--split-seed", type=int, default=defaults.split_seed, metavar="N",
+                       help="seed of the train/validation split; 0 is the standard split that searches use")
 
     optim = parser.add_argument_group("optimisation (SGD with momentum, step learning-rate decay)")
     optim.add_argument("--lr", type=float, default=defaults.lr, metavar="RATE", help="initial learning rate")
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train until this many epochs are completed in total, across invocations")
     optim.add_argument("--seed", type=int, default=defaults.seed, metavar="N",
                        help="seed of initialisation, data order and augmentation (not of the split)")
+    optim.add_argument("--precision", default=defaults.precision, metavar="TYPE",
+                       help="fp32, or bf16 to run the forward pass under autocast in bfloat16 (faster on recent "
+                            "GPUs, but its results are not comparable with fp32 runs)")
 
     run = parser.add_argument_group("where and how to run")
     run.add_argument("--scratch", type=Path, default=None, metavar="DIR",
@@ -224,7 +229,8 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
 
     # Data
     data_dir = args.data_dir if args.data_dir is not None else scratch / "data"
-    device_data = data.load_device_data(config.dataset, data_dir, scratch / "cache", config.val_fraction, device)
+    device_data = data.load_device_data(config.dataset, data_dir, scratch / "cache", config.val_fraction,
+                                        config.split_seed, device)
 
     # Model and optimizer, with the initial weights drawn from the seed
     torch.manual_seed(config.seed)
@@ -257,8 +263,10 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
             group["lr"] = lr
         epoch_started = time.monotonic()
         train_metrics = training.train_one_epoch(model, optimizer, device_data, config.batch_size, generator,
-                                                 progress=not args.quiet, description=f"epoch {epoch + 1}")
-        val_metrics = training.evaluate(model, device_data.val_x, device_data.val_y, max(config.batch_size, 256))
+                                                 config.precision, progress=not args.quiet,
+                                                 description=f"epoch {epoch + 1}")
+        val_metrics = training.evaluate(model, device_data.val_x, device_data.val_y, max(config.batch_size, 256),
+                                        config.precision)
         epochs_trained += 1
         examples_seen += train_metrics.examples
         seconds = time.monotonic() - epoch_started
@@ -363,7 +371,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         torch.backends.cudnn.benchmark = True
     config = Config(dataset=args.dataset, model=args.model, width=args.width, lr=args.lr, lr_decay=args.lr_decay,
                     lr_step=args.lr_step, momentum=args.momentum, weight_decay=args.weight_decay,
-                    batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction)
+                    batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,
+                    split_seed=args.split_seed, precision=args.precision)
     for name in ("width", "lr", "lr_decay", "momentum", "weight_decay", "val_fraction"):
         if getattr(config, name) != getattr(args, name):
             log.warning("--%s %r rounded to %r, the %d significant digits that file names keep",

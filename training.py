@@ -18,6 +18,14 @@ from tqdm import tqdm
 import data
 
 
+def autocast(device: torch.device, precision: str):
+    """Return the autocast context of `precision`: bfloat16 autocast for "bf16", a no-op for "fp32".
+
+    bfloat16 keeps float32's exponent range, so unlike float16 it needs no gradient scaler.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def learning_rate(base_lr: float, decay: float, step: int, epoch: int) -> float:
     """Return the learning rate of zero-based `epoch`: `base_lr` times `decay` every `step` epochs.
 
@@ -35,7 +43,7 @@ class EpochMetrics:
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, device_data: data.DeviceData,
-                    batch_size: int, generator: torch.Generator, progress: bool,
+                    batch_size: int, generator: torch.Generator, precision: str, progress: bool,
                     description: str) -> EpochMetrics:
     """Train `model` for one pass over the training split.
 
@@ -50,8 +58,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, device_d
     for images, labels in tqdm(batches, total=total, desc=description, disable=None if progress else True,
                                leave=False, unit="batch"):
         images = images.contiguous(memory_format=torch.channels_last)
-        logits = model(images)
-        loss = nn.functional.cross_entropy(logits, labels)
+        with autocast(images.device, precision):
+            logits = model(images)
+            loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -62,15 +71,17 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, device_d
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> EpochMetrics:
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+             precision: str = "fp32") -> EpochMetrics:
     """Return the mean cross-entropy and the accuracy of `model` on unaugmented `images`."""
     model.eval()
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), dtype=torch.int64, device=images.device)
     for batch, batch_labels in data.eval_batches(images, labels, batch_size):
         batch = batch.contiguous(memory_format=torch.channels_last)
-        logits = model(batch)
-        loss_sum += nn.functional.cross_entropy(logits, batch_labels, reduction="sum")
+        with autocast(batch.device, precision):
+            logits = model(batch)
+            loss_sum += nn.functional.cross_entropy(logits, batch_labels, reduction="sum")
         correct += (logits.argmax(1) == batch_labels).sum()
     count = len(labels)
     return EpochMetrics(loss=loss_sum.item() / count, accuracy=correct.item() / count, examples=count)

@@ -55,7 +55,7 @@ def main() -> int:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as folder:
         data_dir = args.data_dir or write_cifar10(Path(folder) / "data", images_per_batch=400)
-        device_data = data.load_device_data("cifar10", data_dir, None, 0.1, torch.device("cpu"))
+        device_data = data.load_device_data("cifar10", data_dir, None, 0.1, 0, torch.device("cpu"))
         arrays = data.load_arrays("cifar10", data_dir, None)
     train_index, _ = data.split_indices(len(arrays["train_y"]), 0.1)
     loader = reference_loader(arrays["train_x"][train_index], arrays["train_y"][train_index], args.batch_size)
@@ -72,7 +72,7 @@ def main() -> int:
 
         def ours() -> int:
             return training.train_one_epoch(ours_model, ours_optimizer, device_data, args.batch_size, generator,
-                                            progress=False, description="").examples
+                                            "fp32", progress=False, description="").examples
 
         def reference() -> int:
             return reference_epoch(reference_model, reference_optimizer, loader)

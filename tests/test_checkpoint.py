@@ -24,6 +24,9 @@ AWKWARD_CONFIGS = [
     Config(lr=3.0e-05, weight_decay=1.5e-12, seed=2**40, batch_size=1, lr_step=1000),
     Config(dataset="cifar100", model="resnet18", val_fraction=0.001),
     Config(lr=0.1234, lr_decay=0.1235),
+    Config(split_seed=7),
+    Config(precision="bf16"),
+    Config(split_seed=2**32 - 1, precision="bf16", seed=5),
 ]
 
 
@@ -53,11 +56,30 @@ def test_names_differ_in_last_kept_digit():
 def test_every_field_changes_the_name():
     base = Config()
     changes = {"dataset": "cifar100", "model": "vgg16", "width": 0.5, "lr": 0.2, "lr_decay": 0.5, "lr_step": 7,
-               "momentum": 0.5, "weight_decay": 1e-3, "batch_size": 64, "seed": 3, "val_fraction": 0.2}
+               "momentum": 0.5, "weight_decay": 1e-3, "batch_size": 64, "seed": 3, "val_fraction": 0.2,
+               "split_seed": 1, "precision": "bf16"}
     assert set(changes) == {field.name for field in dataclasses.fields(Config)}
     names = {format_name(dataclasses.replace(base, **{key: value}), 1, 0.5) for key, value in changes.items()}
     names.add(format_name(base, 1, 0.5))
     assert len(names) == len(changes) + 1
+
+
+def test_default_split_and_precision_stay_out_of_the_name():
+    name = format_name(Config(), 1, 0.5)
+    assert "split" not in name
+    assert "fp32" not in name
+    assert name.endswith("_val0.1_ep0001_acc0.5000.pt")
+
+
+def test_split_and_precision_tokens_in_name():
+    name = format_name(Config(split_seed=3, precision="bf16"), 1, 0.5)
+    assert "_val0.1_split3_bf16_ep0001_" in name
+
+
+@pytest.mark.parametrize("token", ["_split0", "_fp32", "_split03"])
+def test_non_canonical_optional_token_rejected(token):
+    name = format_name(Config(), 1, 0.5).replace("_ep0001", token + "_ep0001")
+    assert parse_name(name) is None
 
 
 def test_epoch_is_zero_padded():

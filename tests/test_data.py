@@ -63,6 +63,18 @@ def test_split_fixed_and_disjoint():
     assert sorted(set(train_a) | set(val_a)) == list(range(1000))
 
 
+def test_split_seed_gives_other_fixed_split():
+    standard_train, standard_val = data.split_indices(1000, 0.1)
+    assert np.array_equal(data.split_indices(1000, 0.1, 0)[1], standard_val)
+    for seed in (1, 2, data.SPLIT_SEED):
+        train, val = data.split_indices(1000, 0.1, seed)
+        assert np.array_equal(val, data.split_indices(1000, 0.1, seed)[1])
+        assert not np.array_equal(val, standard_val)
+        assert len(val) == len(standard_val)
+        assert not set(train) & set(val)
+    assert not np.array_equal(data.split_indices(1000, 0.1, 1)[1], data.split_indices(1000, 0.1, 2)[1])
+
+
 @pytest.mark.parametrize("fraction", [0.0001, 0.9999])
 def test_split_rejects_empty_side(fraction):
     with pytest.raises(data.DataError, match="val-fraction"):
@@ -82,7 +94,7 @@ def test_augment_crops_and_flips():
 
 
 def test_epoch_order_fixed_by_generator(cifar_dir):
-    device_data = data.load_device_data("cifar10", cifar_dir, None, 0.1, torch.device("cpu"))
+    device_data = data.load_device_data("cifar10", cifar_dir, None, 0.1, 0, torch.device("cpu"))
 
     def first_batch(seed):
         generator = torch.Generator()
@@ -99,7 +111,7 @@ def test_epoch_order_fixed_by_generator(cifar_dir):
 
 
 def test_batches_cover_train_split_once(cifar_dir):
-    device_data = data.load_device_data("cifar10", cifar_dir, None, 0.1, torch.device("cpu"))
+    device_data = data.load_device_data("cifar10", cifar_dir, None, 0.1, 0, torch.device("cpu"))
     generator = torch.Generator()
     generator.manual_seed(0)
     labels = torch.cat([y for _, y in data.train_batches(device_data, 32, generator)])

@@ -155,7 +155,7 @@ def test_table_aligns_columns(scratch):
     lines = runs.format_table(runs.find_runs(scratch)).splitlines()
 
     assert lines[0].split() == ["dataset", "model", "width", "lr", "lr-decay", "lr-step", "momentum",
-                                "weight-decay", "batch-size", "seed", "val-fraction", "epochs", "best", "acc",
+                                "weight-decay", "batch-size", "seed", "val-fraction", "split-seed", "precision", "epochs", "best", "acc",
                                 "best", "epoch", "latest", "acc", "status"]
     assert len(lines) == 6
     assert lines[1].split()[:4] == ["cifar10", "vgg11", "0.5", "0.05"]

@@ -43,9 +43,10 @@ def assert_states_equal(first: dict, second: dict) -> None:
 # ---------------------------------------------------------------- exact resume and idempotence
 
 
-def test_resume_equals_uninterrupted(tmp_path, cifar_dir):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_equals_uninterrupted(tmp_path, cifar_dir, precision):
     # The decay at epoch 2 checks that the schedule follows the absolute epoch.
-    flags = FAST + ["--lr-step", "2", "--lr-decay", "0.5"]
+    flags = FAST + ["--lr-step", "2", "--lr-decay", "0.5", "--precision", precision]
     split, whole = tmp_path / "split", tmp_path / "whole"
     first = result_of(run_train(flags + ["--epochs", "2"], split, cifar_dir))
     assert first["epochs_trained"] == 2
@@ -56,6 +57,18 @@ def test_resume_equals_uninterrupted(tmp_path, cifar_dir):
     assert resumed["val_loss"] == direct["val_loss"]
     assert_states_equal(load(latest_checkpoint(split)), load(latest_checkpoint(whole)))
     assert [h["lr"] for h in load(latest_checkpoint(whole))["history"]] == [0.05, 0.05, 0.025, 0.025]
+
+
+def test_bf16_and_split_seed_are_separate_runs(tmp_path, cifar_dir):
+    standard = result_of(run_train(FAST, tmp_path, cifar_dir))
+    bf16 = result_of(run_train(FAST + ["--precision", "bf16"], tmp_path, cifar_dir))
+    resplit = result_of(run_train(FAST + ["--split-seed", "3"], tmp_path, cifar_dir))
+    assert Path(bf16["checkpoint"]).name.endswith("_bf16_ep0001_acc%.4f.pt" % bf16["val_acc"])
+    assert "_split3_ep0001_" in Path(resplit["checkpoint"]).name
+    assert len({standard["checkpoint"], bf16["checkpoint"], resplit["checkpoint"]}) == 3
+    assert all(result["epochs_trained"] == 1 for result in (standard, bf16, resplit))
+    # Another split validates on other images, so its loss differs from the standard split's.
+    assert resplit["val_loss"] != standard["val_loss"]
 
 
 def test_finished_config_trains_nothing(tmp_path, cifar_dir):
@@ -265,6 +278,7 @@ def test_lock_timeout_exits(tmp_path, cifar_dir):
     ("--model", "nosuchnet"), ("--dataset", "mnist"), ("--width", "0"), ("--momentum", "1"),
     ("--lr-decay", "2"), ("--lr-step", "0"), ("--weight-decay", "-1"), ("--val-fraction", "1"),
     ("--seed", "-3"), ("--threads", "0"), ("--device", "tpu"), ("--epochs", "three"),
+    ("--split-seed", "-1"), ("--precision", "fp16"),
 ])
 def test_invalid_input_exits_2(tmp_path, cifar_dir, flag, value):
     completed = run_train(FAST + ["--epochs", "1", flag, value], tmp_path / "scratch", cifar_dir)
