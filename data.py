@@ -224,26 +224,43 @@ def load_device_data(dataset: str, data_dir: Path, cache_dir: Path | None, val_f
 # ---------------------------------------------------------------- batches
 
 
+_NORMALIZATION: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """Turn uint8 images into normalised float32 images."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
-    return (images.float() - mean) / std
+    if images.device not in _NORMALIZATION:
+        mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
+        _NORMALIZATION[images.device] = mean, std
+    mean, std = _NORMALIZATION[images.device]
+    # In place on the new float copy: the same arithmetic as (x - mean) / std, one allocation fewer.
+    return images.float().sub_(mean).div_(std)
 
 
-def augment(padded: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Crop a 32x32 window out of each padded image, at `shifts` (2, B), and mirror those with `flips`.
+def augment(padded: torch.Tensor, index: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Return 32x32 crops of the padded images `padded[index]`, at `shifts` (2, B), mirrored where `flips`.
 
-    One gather does the crop and the flip for the whole batch: each image gets its own row and
-    column index vectors, and a flipped image reads its columns in reverse.
+    There are only (2 * PADDING + 1) ** 2 windows and two orientations, so images are grouped by
+    window and orientation, and each group is one plain slice of the images it selects. That is
+    about 4 times faster on the CPU than a per-pixel gather, and 162 kernel launches at most on
+    CUDA. Reading the groups needs one device-to-host copy of their sizes per call.
     """
-    device = padded.device
-    offsets = torch.arange(32, device=device)
-    rows = shifts[0, :, None] + offsets  # (B, 32)
-    columns = shifts[1, :, None] + torch.where(flips[:, None], offsets.flip(0), offsets)
-    batch_index = torch.arange(padded.shape[0], device=device)[:, None, None, None]
-    channel_index = torch.arange(3, device=device)[None, :, None, None]
-    return padded[batch_index, channel_index, rows[:, None, :, None], columns[:, None, None, :]]
+    count = len(index)
+    crops = torch.empty((count, padded.shape[1], 32, 32), dtype=padded.dtype, device=padded.device)
+    windows = 2 * PADDING + 1
+    keys = (shifts[0] * windows + shifts[1]) * 2 + flips.long()
+    sorted_keys, positions = torch.sort(keys, stable=True)
+    group_keys, group_sizes = torch.unique_consecutive(sorted_keys, return_counts=True)
+    start = 0
+    for key, size in zip(group_keys.tolist(), group_sizes.tolist()):
+        members = positions[start:start + size]
+        start += size
+        row, rest = divmod(key, 2 * windows)
+        column, flip = divmod(rest, 2)
+        window = padded.index_select(0, index[members])[:, :, row:row + 32, column:column + 32]
+        crops.index_copy_(0, members, window.flip(3) if flip else window)
+    return crops
 
 
 def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator):
@@ -251,7 +268,8 @@ def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator)
 
     The order, crops and flips of the whole epoch are drawn at once from `generator`, a CPU
     generator, and moved to the device in one copy. So its saved state fixes them on any device,
-    and no step waits on a host-to-device copy.
+    and no step waits on a host-to-device copy. The whole epoch is cropped at once too, as uint8
+    (150 MB for the 50,000 CIFAR training images); each batch is then normalised as it is used.
     """
     count = data.train_count
     order = torch.randperm(count, generator=generator)
@@ -259,10 +277,10 @@ def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator)
     flips = torch.randint(0, 2, (count,), generator=generator).bool()
     device = data.train_x.device
     order, shifts, flips = order.to(device), shifts.to(device), flips.to(device)
+    images = augment(data.train_x, order, shifts, flips)
+    labels = data.train_y[order]
     for start in range(0, count, batch_size):
-        index = order[start:start + batch_size]
-        images = augment(data.train_x[index], shifts[:, start:start + batch_size], flips[start:start + batch_size])
-        yield normalize(images), data.train_y[index]
+        yield normalize(images[start:start + batch_size]), labels[start:start + batch_size]
 
 
 def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int):

@@ -84,13 +84,37 @@ def test_split_rejects_empty_side(fraction):
 def test_augment_crops_and_flips():
     image = torch.arange(3 * 32 * 32, dtype=torch.int64).view(1, 3, 32, 32) % 251
     padded = torch.nn.functional.pad(image.to(torch.uint8), (data.PADDING,) * 4)
-    centre = data.augment(padded, torch.tensor([[4], [4]]), torch.tensor([False]))
+    first = torch.tensor([0])
+    centre = data.augment(padded, first, torch.tensor([[4], [4]]), torch.tensor([False]))
     assert torch.equal(centre, image.to(torch.uint8))
-    flipped = data.augment(padded, torch.tensor([[4], [4]]), torch.tensor([True]))
+    flipped = data.augment(padded, first, torch.tensor([[4], [4]]), torch.tensor([True]))
     assert torch.equal(flipped, image.to(torch.uint8).flip(3))
-    corner = data.augment(padded, torch.tensor([[0], [8]]), torch.tensor([False]))
+    corner = data.augment(padded, first, torch.tensor([[0], [8]]), torch.tensor([False]))
     assert torch.equal(corner[0, :, 4:, :28], image[0, :, :28, 4:].to(torch.uint8))
     assert corner[0, :, :4, :].sum() == 0  # zero padding
+
+
+def test_augment_matches_per_image_crop():
+    generator = torch.Generator()
+    generator.manual_seed(0)
+    padded = torch.randint(0, 256, (50, 3, 40, 40), dtype=torch.uint8, generator=generator)
+    index = torch.randint(0, 50, (400,), generator=generator)  # repeats too, as no epoch has
+    shifts = torch.randint(0, 2 * data.PADDING + 1, (2, 400), generator=generator)
+    flips = torch.randint(0, 2, (400,), generator=generator).bool()
+    crops = data.augment(padded, index, shifts, flips)
+    for k in range(400):
+        row, column = shifts[0, k].item(), shifts[1, k].item()
+        expected = padded[index[k], :, row:row + 32, column:column + 32]
+        if flips[k]:
+            expected = expected.flip(2)
+        assert torch.equal(crops[k], expected), k
+
+
+def test_normalize_matches_formula():
+    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    mean = torch.tensor(data.MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(data.STD).view(1, 3, 1, 1) * 255
+    assert torch.equal(data.normalize(images), (images.float() - mean) / std)
 
 
 def test_epoch_order_fixed_by_generator(cifar_dir):
