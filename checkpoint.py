@@ -335,7 +335,10 @@ def load_checkpoint(path: Path, config: Config) -> dict:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap reads tensor data from the page cache as it is used instead of copying the whole
+        # file first; checkpoints are replaced atomically, never rewritten in place, so the mapped
+        # file cannot change under the loaded tensors.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises many types for damaged or hostile files
         raise UnusableCheckpoint(f"{path}: cannot be loaded ({type(error).__name__}: {error})") from error
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
