@@ -34,6 +34,7 @@ class TrialResult:
     epochs_trained: int = 0  # epochs this trial's train.py run trained itself
     seconds: float = 0.0
     message: str = ""
+    started: float = 0.0  # Unix time at which the trial's process started; 0 for results read back
 
     @property
     def score(self) -> float | None:

@@ -81,18 +81,19 @@ class Survey:
 def survey(settings: SearchSettings) -> Survey:
     """Read what the search in `settings.folder` has done so far.
 
-    Finished rounds come from the rounds file. The first unfinished round is the one in progress
-    (or where a killed search stopped): its results come from the journal and the checkpoint names,
-    as a restarted search would find them. Later rounds and brackets have not started, because the
-    driver runs them in order.
+    Finished rounds come from the rounds file. In each bracket the first unfinished round is the
+    one in progress (or where a killed search stopped): its results come from the journal and the
+    checkpoint names, as a restarted search would find them. The bracket's later rounds have not
+    started, because the driver runs each bracket's rounds in order, but all brackets at once.
     """
     recorded = rounds.read_rounds(settings.folder)
     journal = Journal(settings.folder / "results.jsonl")
     members: list[Member] = []
     runs: list[list[RoundRun]] = []
     order = 0
-    started = True
+    every_bracket_finished = True
     for bracket, configs in zip(settings.brackets, settings.configs):
+        started = True
         bracket_members = [Member(config, bracket.s) for config in configs]
         members += bracket_members
         entering = bracket_members
@@ -129,6 +130,7 @@ def survey(settings: SearchSettings) -> Survey:
                 by_stem = {member.stem: member for member in entering}
                 entering = [by_stem[stem] for stem in record.kept if stem in by_stem]
         runs.append(bracket_runs)
+        every_bracket_finished = every_bracket_finished and started
 
     # A configuration drawn in two brackets has one checkpoint folder, so, as in the driver, its last result counts.
     latest = {member.stem: member for member in members if member.target is not None}
@@ -140,7 +142,8 @@ def survey(settings: SearchSettings) -> Survey:
             # Epochs past the target were trained by someone else, such as a longer search or a person.
             records = [record for record in found.records if record["epoch"] <= member.target]
             histories[stem] = dataclasses.replace(found, records=records, epoch=len(records))
-    return Survey(rounds=runs, members=members, leaderboard=leaderboard, histories=histories, finished=started)
+    return Survey(rounds=runs, members=members, leaderboard=leaderboard, histories=histories,
+                  finished=every_bracket_finished)
 
 
 # ---------------------------------------------------------------- plots

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import heapq
 import json
 import logging
 import os
@@ -75,6 +76,23 @@ class RoundOutcome:
     kept: list[Trial]  # promoted to the next round, best first; empty after the bracket's last round
 
 
+@dataclasses.dataclass
+class BracketProgress:
+    """The state of one bracket: its configurations still in the running and its current round."""
+
+    position: int  # index in the search's list of brackets, most exploratory first
+    bracket: plan.Bracket
+    configs: list[checkpoint.Config]
+    alive: list[int]  # indices into `configs` of the current round's configurations
+    round_index: int = 0
+    trials: list[Trial] = dataclasses.field(default_factory=list)
+    results: list[TrialResult | None] = dataclasses.field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.round_index == len(self.bracket.rounds)
+
+
 @dataclasses.dataclass(frozen=True)
 class LeaderboardRow:
     rank: int
@@ -118,82 +136,110 @@ class Search:
         self.logs = self.folder / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.folder / "results.jsonl")
-        self.final: dict[str, tuple[checkpoint.Config, TrialResult, int]] = {}  # stem -> last result
+        # stem -> (config, result, position in plan order) of its result latest in plan order
+        self.final: dict[str, tuple[checkpoint.Config, TrialResult, tuple[int, int, int]]] = {}
 
     # ------------------------------------------------------------ brackets and rounds
 
     def run(self) -> list[LeaderboardRow]:
-        """Run every bracket, most exploratory first, and return the leaderboard."""
-        order = 0
-        for bracket, configs in zip(self.brackets, self.configs):
-            log.info("bracket s=%d: %d configurations", bracket.s, len(configs))
-            alive = list(range(len(configs)))
-            previous_epochs = 0
-            for index, round_ in enumerate(bracket.rounds):
-                trials = [Trial(configs[k], round_.epochs, previous_epochs) for k in alive]
-                results = self.run_round(trials)
-                for trial, result in zip(trials, results):
-                    self.final[trial.stem] = (trial.config, result, order)
-                    order += 1
-                # Keep the best floor(n_i / eta); the last round keeps none.
-                keep = len(alive) // self.eta if index + 1 < len(bracket.rounds) else 0
-                chosen = plan.select_best([result.score for result in results], keep)
-                self.on_round(RoundOutcome(bracket.s, index, trials, results, [trials[j] for j in chosen]))
-                alive = [alive[j] for j in chosen]
-                previous_epochs = round_.epochs
-        return self.leaderboard()
+        """Run every bracket and return the leaderboard.
 
-    def run_round(self, trials: list[Trial]) -> list[TrialResult]:
-        """Run a round's trials, as many at once as there are slots, and return their results in order."""
-        results: list[TrialResult | None] = [None] * len(trials)
-        queue = collections.deque()
-        for index, trial in enumerate(trials):
-            known = self.journal.get(trial.stem, trial.epochs) or result_from_names(self.scratch, trial.config,
-                                                                                   trial.epochs)
-            if known is not None:
-                if self.journal.get(trial.stem, trial.epochs) is None:
-                    self.journal.append(known)
-                results[index] = known
-                self.on_result(trial, known, True)
-            else:
-                queue.append(index)
+        Brackets are independent, so they share the slots: a slot that the most exploratory
+        bracket cannot fill, because its round has no trial left to start, takes a trial of the
+        next bracket. Each bracket still runs its rounds in order and promotes by its own results
+        alone, so the outcome is that of running the brackets one after another.
+        """
+        brackets = [BracketProgress(position, bracket, configs, alive=list(range(len(configs))))
+                    for position, (bracket, configs) in enumerate(zip(self.brackets, self.configs))]
+        queue: list[tuple[int, int, int]] = []  # heap of (bracket position, round index, trial index)
+        for progress in brackets:
+            log.info("bracket s=%d: %d configurations", progress.bracket.s, len(progress.configs))
+            self._open_round(progress, queue)
 
         free = list(self.slots)
-        running: dict[int, tuple[RunningTrial, int]] = {}  # trial index -> (process, stdout offset)
-        failures = collections.Counter()  # trial index -> infrastructure failures so far
+        running: dict[tuple[int, int], tuple[RunningTrial, int]] = {}  # (bracket, trial) -> (process, offset)
+        failures = collections.Counter()  # (bracket, round, trial) -> infrastructure failures so far
         try:
-            while queue or running:
+            while True:
+                # Close every round whose results are all in; the next round may be complete at once
+                # when an earlier run of the search already trained it.
+                for progress in brackets:
+                    while not progress.done and all(result is not None for result in progress.results):
+                        self._close_round(progress, queue)
+                if all(progress.done for progress in brackets):
+                    break
+
                 while queue and free:
-                    index = queue.popleft()
-                    running[index] = self._start(trials[index], free.pop(0))
-                for index in list(running):
+                    position, _, index = heapq.heappop(queue)
+                    running[(position, index)] = self._start(brackets[position].trials[index], free.pop(0))
+
+                for position, index in list(running):
+                    progress = brackets[position]
+                    trial = progress.trials[index]
                     try:
-                        result = self._check(trials[index], *running[index])
+                        result = self._check(trial, *running[(position, index)])
                     except InfrastructureFailure as failure:
-                        process, _ = running.pop(index)
+                        process, _ = running.pop((position, index))
                         free.append(process.slot)
-                        failures[index] += 1
-                        if failures[index] > self.retries:
+                        key = (position, progress.round_index, index)
+                        failures[key] += 1
+                        if failures[key] > self.retries:
                             raise SearchError(f"{failure}; it persisted through {self.retries} retries, so the "
                                               f"search stops. Fix the cause, then rerun the same command.") from None
-                        log.warning("%s; retrying from the checkpoint (retry %d of %d)", failure, failures[index],
+                        log.warning("%s; retrying from the checkpoint (retry %d of %d)", failure, failures[key],
                                     self.retries)
-                        queue.appendleft(index)
+                        heapq.heappush(queue, key)
                         continue
                     if result is None:
                         continue
-                    process, _ = running.pop(index)
+                    process, _ = running.pop((position, index))
                     free.append(process.slot)
-                    results[index] = result
+                    progress.results[index] = result
                     if result.status in FINAL_STATUSES:
                         self.journal.append(result)
-                    self.on_result(trials[index], result, False)
+                    self.on_result(trial, result, False)
                 if running:
                     time.sleep(self.poll_seconds)
         finally:
             # Reached on SIGTERM, Ctrl-C or a fatal trial failure: no trial may outlive the search.
             self.launcher.stop([process for process, _ in running.values()])
-        return results
+        return self.leaderboard()
+
+    def _open_round(self, progress: BracketProgress, queue: list[tuple[int, int, int]]) -> None:
+        """Set up the bracket's next round: take known results, queue the other trials."""
+        rounds = progress.bracket.rounds
+        previous_epochs = rounds[progress.round_index - 1].epochs if progress.round_index else 0
+        epochs = rounds[progress.round_index].epochs
+        progress.trials = [Trial(progress.configs[k], epochs, previous_epochs) for k in progress.alive]
+        progress.results = [None] * len(progress.trials)
+        for index, trial in enumerate(progress.trials):
+            known = self.journal.get(trial.stem, trial.epochs) or result_from_names(self.scratch, trial.config,
+                                                                                   trial.epochs)
+            if known is None:
+                heapq.heappush(queue, (progress.position, progress.round_index, index))
+                continue
+            if self.journal.get(trial.stem, trial.epochs) is None:
+                self.journal.append(known)
+            progress.results[index] = known
+            self.on_result(trial, known, True)
+
+    def _close_round(self, progress: BracketProgress, queue: list[tuple[int, int, int]]) -> None:
+        """Record the finished round, promote the best floor(n_i / eta) and open the next round."""
+        for index, (trial, result) in enumerate(zip(progress.trials, progress.results)):
+            order = (progress.position, progress.round_index, index)
+            # A configuration drawn in two brackets has one checkpoint folder, so its result latest in
+            # plan order counts, whichever bracket finished first.
+            if trial.stem not in self.final or self.final[trial.stem][2] < order:
+                self.final[trial.stem] = (trial.config, result, order)
+        last = progress.round_index + 1 == len(progress.bracket.rounds)
+        keep = 0 if last else len(progress.alive) // self.eta
+        chosen = plan.select_best([result.score for result in progress.results], keep)
+        self.on_round(RoundOutcome(progress.bracket.s, progress.round_index, progress.trials, progress.results,
+                                   [progress.trials[j] for j in chosen]))
+        progress.alive = [progress.alive[j] for j in chosen]
+        progress.round_index += 1
+        if not progress.done:
+            self._open_round(progress, queue)
 
     # ------------------------------------------------------------ one trial
 
@@ -211,11 +257,12 @@ class Search:
         """Return the trial's result once it has ended, stopping it when it runs past the timeout."""
         code = self.launcher.poll(process)
         seconds = time.monotonic() - process.started
+        started = time.time() - seconds
         if code is None:
             if self.trial_timeout is not None and seconds > self.trial_timeout:
                 self.launcher.kill(process)
                 log.warning("%s timed out after %.0f s; ranked last", trial.stem, seconds)
-                return TrialResult(trial.stem, trial.epochs, "timeout", seconds=seconds,
+                return TrialResult(trial.stem, trial.epochs, "timeout", seconds=seconds, started=started,
                                    message=f"timed out after {self.trial_timeout:g} s")
             return None
 
@@ -230,6 +277,7 @@ class Search:
         if code in BAD_CONFIGURATION_EXIT_CODES:
             log.warning("%s ran out of memory; ranked last (log: %s)", trial.stem, stderr_path)
             return TrialResult(trial.stem, trial.epochs, BAD_CONFIGURATION_EXIT_CODES[code], seconds=seconds,
+                               started=started,
                                message=last_line(stderr_path))
         line = last_line(stdout_path, offset)
         if code == 0:
@@ -239,14 +287,16 @@ class Search:
                 val_acc = checkpoint.round_accuracy(reported["val_acc"]) if status == "ok" else None
                 return TrialResult(trial.stem, trial.epochs, status, val_acc=val_acc,
                                    val_loss=reported.get("val_loss"), checkpoint=reported.get("checkpoint"),
-                                   epochs_trained=reported.get("epochs_trained", 0), seconds=seconds)
+                                   epochs_trained=reported.get("epochs_trained", 0), seconds=seconds,
+                                   started=started)
             except (ValueError, KeyError, TypeError) as error:
                 message = f"exit code 0 but no result line ({error})"
         else:
             message = f"exit code {code}: {last_line(stderr_path)}"
         log.warning("%s failed to reach %d epochs: %s (log: %s); ranked last", trial.stem, trial.epochs,
                     message, stderr_path)
-        return TrialResult(trial.stem, trial.epochs, "failed", seconds=seconds, message=message)
+        return TrialResult(trial.stem, trial.epochs, "failed", seconds=seconds, message=message,
+                           started=started)
 
     # ------------------------------------------------------------ leaderboard
 
@@ -255,7 +305,7 @@ class Search:
         return rank_results(list(self.final.values()))
 
 
-def rank_results(entries: list[tuple[checkpoint.Config, TrialResult, int]]) -> list[LeaderboardRow]:
+def rank_results(entries: list[tuple[checkpoint.Config, TrialResult, int | tuple]]) -> list[LeaderboardRow]:
     """Rank configurations by their last result: valid scores first, higher better.
 
     Each entry is (configuration, last result, order of that result in the search). Ties go to more

@@ -237,10 +237,20 @@ def test_report_without_matplotlib_warns_once(copied, cifar_dir, space_file, tmp
 
 
 def stop_after_first_round(settings: report.SearchSettings) -> None:
-    """Make the search's files look as if the driver was killed during bracket s=1's second round."""
+    """Make the search's files look as if the driver was killed during bracket s=1's second round,
+    while bracket s=0's first round had trained nothing yet."""
     recorded = rounds.read_rounds(settings.folder)
     (settings.folder / rounds.ROUNDS_FILE).unlink()
     rounds.record_round(settings.folder, recorded[(1, 0)])
+    untrained = {checkpoint.config_stem(config) for config in settings.configs[1]}
+    for stem in untrained:
+        for path in settings.scratch.glob(f"checkpoints/*/*/{stem}_*"):
+            path.unlink()
+        for path in settings.scratch.glob(f"checkpoints/*/*/{stem}.history.json"):
+            path.unlink()
+    journal = settings.folder / "results.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join(line for line in lines if json.loads(line)["stem"] not in untrained))
 
 
 def test_stopped_search_survey(copied):
@@ -253,9 +263,12 @@ def test_stopped_search_survey(copied):
     first_bracket, second_bracket = found.members[:3], found.members[3:]
     assert found.finished is False
     assert [member.alive for member in first_bracket] == [member.stem == promoted for member in first_bracket]
-    assert all(member.target is None for member in second_bracket)
+    # Brackets run at the same time, so the second one's first round is in progress.
+    assert all(member.target == 3 for member in second_bracket)
     assert [run.finished for run in found.rounds[0]] == [True, False]
-    assert found.rounds[1][0].members == []
+    assert found.rounds[1][0].members == second_bracket
+    assert found.rounds[1][0].results == [None, None]
+    assert found.rounds[1][0].finished is False
     assert len(found.leaderboard) == 3
     assert checkpoint.config_stem(found.leaderboard[0].config) == promoted
     assert sorted(len(h.records) for h in found.histories.values()) == [1, 1, 3]
@@ -271,7 +284,7 @@ def test_stopped_search_report(copied, cifar_dir, space_file):
     assert completed.returncode == 0, completed.stderr
     assert "Status: not finished" in completed.stdout
     assert re.search(r"s=1\s+3 x 1\s+1 x 3 \(1 done\)\s+5\n", as_run), as_run
-    assert re.search(r"s=0\s+-\s+0\n", as_run), as_run
+    assert re.search(r"s=0\s+2 x 3 \(0 done\)\s+0\n", as_run), as_run
     assert "Epochs completed: 5 of the 11 planned" in completed.stdout
     for path in settings.folder.glob("plots/*.png"):
         assert_png_drawn(path)

@@ -112,7 +112,8 @@ STUB_TEMPLATE = '''\
 """Stand-in for train.py: the same flags and result line, without torch.
 
 behaviours.json beside this script maps an --lr value to a misbehaviour: fail, usage, hang, talk,
-disk (a full disk), oom (out of memory) or flaky (killed by a signal on its first run).
+disk (a full disk), oom (out of memory), flaky (killed by a signal on its first run) or slow
+(2 s before its result).
 """
 import argparse
 import json
@@ -159,6 +160,8 @@ if behaviour == "hang":
     os.replace(temp, HERE / "hang.pids")
     time.sleep(60)
     sys.exit(0)
+if behaviour == "slow":
+    time.sleep(2)
 if behaviour == "talk":
     line = "x" * 1023 + "\\n"
     for _ in range({talk_lines}):
@@ -364,6 +367,19 @@ def test_journal_restart_launches_nothing(tmp_path):
     assert second_launcher.launches == []
     assert summary(second_rows) == summary(first_rows)
     assert (tmp_path / "search" / "results.jsonl").read_text() == journal_text
+
+
+def test_brackets_share_slots(tmp_path):
+    # While bracket 0's slow trial holds one slot, its round cannot end, so bracket 1's trials run
+    # in the other slot instead of waiting for it.
+    brackets, configs, stub_launcher = stub_setup(tmp_path, {(0, 2): "slow"})
+    rows = make_search(tmp_path, brackets, configs, stub_launcher).run()
+
+    second_bracket = {lr_flag(config) for config in configs[1]}
+    order = [lr in second_bracket for lr, _ in stub_launcher.launches]
+    assert order == [False, False, False, True, True, False]
+    assert stub_launcher.launches[-1][1] == 3  # bracket 0's second round, after its slow trial
+    assert len(rows) == 5
 
 
 @pytest.mark.parametrize("max_epochs, eta", [(9, 3), (8, 2)])

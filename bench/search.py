@@ -1,0 +1,120 @@
+"""Where a real search's time goes: epochs trained against the plan, and slot utilisation.
+
+    python bench/search.py --data-dir ~/data                      # vgg11 at width 0.25, R=9, eta=3, 2 workers
+    python bench/search.py                                        # the small model on tiny generated data
+
+It runs hyperband.py once in a fresh scratch folder and reads what the search recorded: every
+trial's start time, duration and epochs trained (rounds.json) and each trained epoch's duration
+(the history in the checkpoints). It prints:
+
+- the epochs actually trained, against the plan's total with checkpoint reuse (they must be
+  equal) and without reuse (the saving);
+- slot utilisation: the seconds that trials ran, summed, over slots times the search's wall time;
+- where the rest of the slot time went: trial start-up and shut-down (inside a trial but outside
+  its epochs), slots left empty in a round because it has fewer trials than slots, slots waiting
+  for the slowest trial of their round, and driver work (no trial running: start-up, between
+  rounds, the report and the plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import plan  # noqa: E402  (needs the path set above)
+import rounds  # noqa: E402
+from tiny_cifar import write_cifar10  # noqa: E402
+
+
+def training_seconds(checkpoint_path: str | None) -> float:
+    """Return the summed durations of every epoch in a checkpoint's history."""
+    if checkpoint_path is None:  # a trial that failed before its first checkpoint
+        return 0.0
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    return sum(entry["epoch_seconds"] for entry in state["history"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="search.py", description="Measure where a search's time goes.")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="folder with cifar-10-batches-py (default: tiny generated data and the small model)")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="model (default: vgg11 with --data-dir, else small)")
+    parser.add_argument("--width", default="0.25", metavar="FACTOR", help="its width (default: 0.25)")
+    parser.add_argument("--max-epochs", default="9", metavar="R", help="Hyperband's R (default: 9)")
+    parser.add_argument("--eta", default="3", metavar="ETA", help="Hyperband's eta (default: 3)")
+    parser.add_argument("--workers", type=int, default=2, metavar="N", help="trials at once (default: 2)")
+    args = parser.parse_args()
+    model = args.model or ("vgg11" if args.data_dir else "small")
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        data_dir = args.data_dir or write_cifar10(folder / "data")
+        command = [sys.executable, str(ROOT / "hyperband.py"), "--model", model, "--width", args.width,
+                   "--max-epochs", args.max_epochs, "--eta", args.eta, "--workers", str(args.workers),
+                   "--data-dir", str(data_dir), "--scratch", str(folder / "scratch"), "--quiet"]
+
+        # The search, timed from outside
+        started = time.time()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        wall = time.time() - started
+
+        # What it recorded
+        search_folder = next((folder / "scratch" / "searches").iterdir())
+        records = sorted(rounds.read_rounds(search_folder).values(), key=lambda r: (-r.bracket, r.index))
+        brackets = plan.plan_brackets(int(args.max_epochs), int(args.eta))
+        planned_with_reuse = sum(bracket.epochs_with_reuse for bracket in brackets)
+        planned_without_reuse = sum(bracket.epochs_without_reuse for bracket in brackets)
+
+        trained = busy = 0.0
+        short_round = waiting = 0.0
+        last_checkpoint: dict[str, str | None] = {}  # stem -> its checkpoint after its last round
+        for record in records:
+            results = record.results
+            for result in results:
+                trained += result.epochs_trained
+                busy += result.seconds
+                last_checkpoint[result.stem] = result.checkpoint
+            # A round's span: from its first trial's start to its last trial's end. Slot time in
+            # it that no trial used was either a slot with no trial left to run or a slot whose
+            # trial had ended while another one of the round still ran.
+            span = max(r.started + r.seconds for r in results) - min(r.started for r in results)
+            empty_slots = max(0, args.workers - len(results))
+            short_round += empty_slots * span
+            waiting += min(args.workers, len(results)) * span - sum(r.seconds for r in results)
+        rounds_span = sum(max(r.started + r.seconds for r in record.results) - min(r.started for r in record.results)
+                          for record in records)
+        driver = args.workers * (wall - rounds_span)
+        # Each configuration's last checkpoint holds the history of all its epochs, each trained once.
+        training = sum(training_seconds(path) for path in last_checkpoint.values())
+
+    capacity = args.workers * wall
+    print(f"search: {model} at width {args.width}, R={args.max_epochs}, eta={args.eta}, "
+          f"{args.workers} workers, data {args.data_dir or 'tiny generated'}")
+    print(f"wall time                         {wall:8.1f} s")
+    print(f"epochs trained                    {trained:8.0f}")
+    print(f"  planned with checkpoint reuse   {planned_with_reuse:8d}   (must be equal)")
+    print(f"  planned without reuse           {planned_without_reuse:8d}   "
+          f"(reuse saves {1 - planned_with_reuse / planned_without_reuse:.0%})")
+    print(f"slot utilisation                  {busy / capacity:8.3f}   (goal: at least 0.85)")
+    print("slot time, as a share of slots x wall time:")
+    print(f"  training epochs                 {training / capacity:8.3f}")
+    print(f"  trial start-up and shut-down    {(busy - training) / capacity:8.3f}")
+    print(f"  rounds with fewer trials than slots {short_round / capacity:5.3f}")
+    print(f"  waiting for a round's slowest trial {waiting / capacity:5.3f}")
+    print(f"  driver work, no trial running   {driver / capacity:8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
