@@ -48,11 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="process counts for the packing table (default: 1 2 4 8)")
     parser.add_argument("--packing-models", nargs="+", default=list(MODELS), metavar="NAME",
                         help="models of the packing table (default: vgg16 resnet18)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads of the first table's process (default: torch's choice); packed processes "
+                             "on the CPU split the cores between them")
     parser.add_argument("--tiny", action="store_true",
-                        help="200 generated images, width 0.0625 and 1 timed epoch: a smoke run, not a benchmark")
+                        help="100 generated images, width 0.0625, batch 32, 1 thread and 1 timed epoch: a smoke run, "
+                             "not a benchmark")
     # Internal: one packed process, started by this script itself.
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "PRECISION", "BARRIER"), help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -123,7 +126,9 @@ def packed_rate(model_name: str, count: int, args: argparse.Namespace, data_dir:
                "--device", args.device, "--width", str(args.width), "--batch-size", str(args.batch_size),
                "--epochs", str(args.epochs)]
     if args.device == "cpu":
-        command += ["--threads", str(max(1, (os.cpu_count() or 1) // count))]
+        # Each process gets its share of the cores: oversubscribed OpenMP threads spin and stall.
+        threads = 1 if args.tiny else max(1, (os.cpu_count() or 1) // count)
+        command += ["--threads", str(threads)]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
     while len(list(folder.glob(barrier.name + ".ready-*"))) < count:
         if any(process.poll() not in (None, 0) for process in processes):
@@ -146,7 +151,7 @@ def packed_rate(model_name: str, count: int, args: argparse.Namespace, data_dir:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.tiny:
-        args.width, args.epochs = 0.0625, 1
+        args.width, args.batch_size, args.threads, args.epochs = 0.0625, 32, 1, 1
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -154,11 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         if data_dir is None:
             from tiny_cifar import write_cifar10
 
-            data_dir = write_cifar10(folder / "data", images_per_batch=40 if args.tiny else 1000)
+            data_dir = write_cifar10(folder / "data", images_per_batch=20 if args.tiny else 1000)
         if args.worker:
             return run_worker(args, data_dir)
 
         import torch
+
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
 
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
         print(f"device: {device_name}, torch {torch.__version__}, width {args.width}, batch {args.batch_size}, "
