@@ -11,9 +11,9 @@ trial's start time, duration and epochs trained (rounds.json) and each trained e
   equal) and without reuse (the saving);
 - slot utilisation: the seconds that trials ran, summed, over slots times the search's wall time;
 - where the rest of the slot time went: trial start-up and shut-down (inside a trial but outside
-  its epochs), slots left empty in a round because it has fewer trials than slots, slots waiting
-  for the slowest trial of their round, and driver work (no trial running: start-up, between
-  rounds, the report and the plots).
+  its epochs), idle slots while other trials ran (every trial left to start waited for its round's
+  slowest trial to end), and idle slots while no trial ran (driver work: its start-up, the report
+  and the plots).
 """
 
 from __future__ import annotations
@@ -42,6 +42,27 @@ def training_seconds(checkpoint_path: str | None) -> float:
         return 0.0
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     return sum(entry["epoch_seconds"] for entry in state["history"])
+
+
+def idle_slot_seconds(results, slots: int, begin: float, end: float) -> tuple[float, float]:
+    """Split the slot-seconds that no trial used between `begin` and `end` in two.
+
+    Returns (waiting, driver): idle slot time while at least one trial ran, when every trial left
+    to start waited for a round to finish, and idle slot time while no trial ran at all.
+    """
+    events = sorted([(result.started, 1) for result in results]
+                    + [(result.started + result.seconds, -1) for result in results])
+    waiting = driver = 0.0
+    running, previous = 0, begin
+    for time_point, change in events + [(end, 0)]:
+        idle = (slots - min(running, slots)) * (time_point - previous)
+        if running:
+            waiting += idle
+        else:
+            driver += idle
+        running += change
+        previous = time_point
+    return waiting, driver
 
 
 def main() -> int:
@@ -76,27 +97,13 @@ def main() -> int:
         planned_with_reuse = sum(bracket.epochs_with_reuse for bracket in brackets)
         planned_without_reuse = sum(bracket.epochs_without_reuse for bracket in brackets)
 
-        trained = busy = 0.0
-        short_round = waiting = 0.0
-        last_checkpoint: dict[str, str | None] = {}  # stem -> its checkpoint after its last round
-        for record in records:
-            results = record.results
-            for result in results:
-                trained += result.epochs_trained
-                busy += result.seconds
-                last_checkpoint[result.stem] = result.checkpoint
-            # A round's span: from its first trial's start to its last trial's end. Slot time in
-            # it that no trial used was either a slot with no trial left to run or a slot whose
-            # trial had ended while another one of the round still ran.
-            span = max(r.started + r.seconds for r in results) - min(r.started for r in results)
-            empty_slots = max(0, args.workers - len(results))
-            short_round += empty_slots * span
-            waiting += min(args.workers, len(results)) * span - sum(r.seconds for r in results)
-        rounds_span = sum(max(r.started + r.seconds for r in record.results) - min(r.started for r in record.results)
-                          for record in records)
-        driver = args.workers * (wall - rounds_span)
+        results = [result for record in records for result in record.results]
+        trained = sum(result.epochs_trained for result in results)
+        busy = sum(result.seconds for result in results)
         # Each configuration's last checkpoint holds the history of all its epochs, each trained once.
+        last_checkpoint = {result.stem: result.checkpoint for result in results}
         training = sum(training_seconds(path) for path in last_checkpoint.values())
+        waiting, driver = idle_slot_seconds(results, args.workers, started, started + wall)
 
     capacity = args.workers * wall
     print(f"search: {model} at width {args.width}, R={args.max_epochs}, eta={args.eta}, "
@@ -110,9 +117,8 @@ def main() -> int:
     print("slot time, as a share of slots x wall time:")
     print(f"  training epochs                 {training / capacity:8.3f}")
     print(f"  trial start-up and shut-down    {(busy - training) / capacity:8.3f}")
-    print(f"  rounds with fewer trials than slots {short_round / capacity:5.3f}")
-    print(f"  waiting for a round's slowest trial {waiting / capacity:5.3f}")
-    print(f"  driver work, no trial running   {driver / capacity:8.3f}")
+    print(f"  idle, waiting for rounds to end {waiting / capacity:8.3f}   (no trial was ready to start)")
+    print(f"  idle, driver work               {driver / capacity:8.3f}   (no trial running)")
     return 0
 
 
