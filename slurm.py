@@ -302,7 +302,9 @@ class SlurmLauncher:
         completed = subprocess.run([self.scancel, f"--signal={signal_name}", step], capture_output=True, text=True,
                                    timeout=60)
         if completed.returncode != 0:
-            log.warning("scancel --signal=%s %s failed: %s", signal_name, step, completed.stderr.strip())
+            # A step that ended between squeue and scancel is no longer a job id Slurm knows.
+            level = logging.DEBUG if "Invalid job id" in completed.stderr else logging.WARNING
+            log.log(level, "scancel --signal=%s %s failed: %s", signal_name, step, completed.stderr.strip())
 
     def _step_id(self, trial: SlurmTrial) -> str | None:
         """Return the trial's step id, as JOB.STEP, from squeue; None when the step does not exist (yet)."""
