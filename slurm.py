@@ -41,7 +41,7 @@ HOW_TO_ALLOCATE = ("start it inside a Slurm allocation, for example with "
                    "in the shell that salloc opens")
 
 # Variables that sbatch and salloc export and that srun would read as this step's own request, such
-# as "all the job's GPUs and memory on every node". Each trial asks for its own share instead.
+# as "all the job's GPUs and memory on every node". Each trial requests its own share instead.
 INHERITED_STEP_REQUESTS = (
     "SLURM_CPUS_PER_GPU", "SLURM_GPUS", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_SOCKET", "SLURM_GPUS_PER_TASK",
     "SLURM_MEM_PER_CPU", "SLURM_MEM_PER_GPU", "SLURM_MEM_PER_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_TRES_PER_TASK",
@@ -58,7 +58,7 @@ class AllocationError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Allocation:
-    """What the current Slurm job holds, read from the variables sbatch and salloc set."""
+    """Resources of the current Slurm job, read from the variables that sbatch and salloc set."""
 
     job_id: str
     cpus_per_node: tuple[int, ...]  # one entry per node, in SLURM_JOB_NODELIST order

@@ -1,7 +1,7 @@
 """The Slurm launcher: slots from an allocation's variables, and searches on the local test cluster.
 
 The cluster tests need the one-node cluster that `tools/slurm_local.sh` starts. They are skipped
-when it does not answer, except under CI=true, where they fail instead.
+when it does not respond, except under CI=true, where they fail instead.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def test_unwritable_scratch_exits_2(tmp_path, cifar_dir):
 
 
 def cluster_problem() -> str | None:
-    """Say why the local Slurm cluster cannot run jobs, or return None when it answers."""
+    """Return why the local Slurm cluster cannot run jobs, or None when it responds."""
     missing = [command for command in ("sinfo", "srun", "sbatch", "scancel", "squeue") if shutil.which(command) is None]
     if missing:
         return f"Slurm commands not installed: {', '.join(missing)}; run tools/slurm_local.sh as root"
@@ -207,7 +207,7 @@ def cluster_problem() -> str | None:
         return "sinfo timed out; start the cluster with tools/slurm_local.sh"
     states = completed.stdout.split()
     if completed.returncode != 0 or not any(state in ("idle", "mixed", "allocated") for state in states):
-        return f"the Slurm cluster does not answer or has no usable node ({completed.stderr.strip() or states}); " \
+        return f"the Slurm cluster does not respond or has no usable node ({completed.stderr.strip() or states}); " \
                f"start it with tools/slurm_local.sh"
     return None
 

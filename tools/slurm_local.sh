@@ -5,7 +5,7 @@
 #
 # It installs slurm-wlm and munge when they are missing, writes /etc/slurm/slurm.conf for one node
 # called localhost with no GPUs, and starts munged, slurmctld and slurmd. The daemons listen and
-# connect on localhost only. Run again, it does nothing while `sinfo` answers. The configuration
+# connect on localhost only. Run again, it does nothing while `sinfo` responds. The configuration
 # suits a container without systemd or cgroups: processes are tracked through /proc, and tasks are
 # not confined. Everything runs as root, so it is for a developer machine or CI, never a real cluster.
 set -euo pipefail
@@ -15,9 +15,14 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
+# Tell whether a process with this exact command name runs; /proc needs no procps package.
+is_running() {
+    grep -qx -- "$1" /proc/[0-9]*/comm 2>/dev/null
+}
+
 # Already running: nothing to do.
 if command -v sinfo >/dev/null && timeout 10 sinfo --noheader >/dev/null 2>&1; then
-    echo "slurm_local: the cluster already answers:"
+    echo "slurm_local: the cluster already responds:"
     sinfo
     exit 0
 fi
@@ -38,13 +43,16 @@ chown munge:munge /etc/munge/munge.key
 chmod 400 /etc/munge/munge.key
 mkdir -p /run/munge /var/log/munge /var/lib/munge
 chown munge:munge /run/munge /var/log/munge /var/lib/munge
-if ! pgrep -x munged >/dev/null; then
+if ! is_running munged; then
     # --force: a container may leave a stale socket behind after a restart.
     runuser -u munge -- /usr/sbin/munged --force
 fi
 
-# slurm.conf. More CPUs are declared than this machine may have (config_overrides accepts that),
-# so that a batch job and two one-CPU trials fit at once even on a 2-core machine.
+# NOTE: slurmctld listens on all interfaces, because Slurm 22.05 binds it to no single address
+# (CommunicationParameters=NoInAddrAny excludes slurmctld). Clients here contact 127.0.0.1 only.
+
+# slurm.conf. At least 4 CPUs are declared, even on a smaller machine (config_overrides accepts
+# that), so that several one-CPU job steps run at once.
 cores=$(nproc)
 cpus=$(( cores > 4 ? cores : 4 ))
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
@@ -57,7 +65,8 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
-# Bind every daemon and srun to the address its node name resolves to (127.0.0.1), not to all interfaces.
+# Bind slurmd and the client commands (srun, sbatch) to 127.0.0.1, the address that the node name
+# resolves to, instead of all interfaces. slurmctld ignores this setting (see the NOTE above).
 CommunicationParameters=NoInAddrAny
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -86,8 +95,8 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
 
 # Daemons: slurmd runs as node "localhost" whatever this machine's host name is.
-pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
-pgrep -x slurmd >/dev/null || /usr/sbin/slurmd -N localhost
+is_running slurmctld || /usr/sbin/slurmctld
+is_running slurmd || /usr/sbin/slurmd -N localhost
 
 # Wait until the node takes jobs.
 for _ in $(seq 60); do
