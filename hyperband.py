@@ -302,19 +302,19 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.report:
         return show_report(settings, parser)
 
-    # Slots and the launcher, then a scratch folder that the trials can write
+    # Slots and the launcher, then what train.py would reject, before anything is written
     slots, launcher = choose_slots(args, parser)
+    code = check_with_train(configs[0][0], scratch, args.data_dir)
+    if code != 0:
+        return code
+
+    # A scratch folder that the trials can write
     problem = scratch_problem(scratch)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.launcher == "slurm":
         warn_if_node_local(scratch)
-
-    # Let train.py reject what it would reject, before anything runs
-    code = check_with_train(configs[0][0], scratch, args.data_dir)
-    if code != 0:
-        return code
 
     # The search's folder, locked
     log.info("scratch folder: %s (%s); search folder: %s", scratch.resolve(), source, folder)

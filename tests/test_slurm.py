@@ -180,8 +180,20 @@ def test_driver_outside_allocation_exits_2(tmp_path, cifar_dir):
     assert not scratch.exists()
 
 
-def test_unwritable_scratch_exits_2(tmp_path, cifar_dir):
-    # A file where the folder should be: root may write anywhere, but not into a regular file.
+def test_unwritable_scratch_exits_2(cifar_dir):
+    # sysfs rejects new folders even for root, for whom file permissions are no obstacle.
+    scratch = Path("/sys/hyperband-test-scratch")
+
+    completed = run_hyperband(scratch, cifar_dir)
+
+    assert completed.returncode == 2
+    assert "Traceback" not in completed.stderr
+    assert f"scratch folder {scratch} is not writable" in completed.stderr
+    assert "--scratch" in completed.stderr
+    assert not scratch.exists()
+
+
+def test_file_as_scratch_exits_2(tmp_path, cifar_dir):
     scratch = tmp_path / "scratch"
     scratch.write_text("keep me\n")
 
@@ -189,7 +201,7 @@ def test_unwritable_scratch_exits_2(tmp_path, cifar_dir):
 
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr
-    assert f"scratch folder {scratch} is not writable" in completed.stderr
+    assert f"--scratch {scratch}" in completed.stderr
     assert scratch.read_text() == "keep me\n"
 
 
