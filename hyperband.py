@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     slots.add_argument("--per-gpu", type=int, default=1, metavar="K", help="trials sharing each GPU")
     slots.add_argument("--workers", type=int, default=None, metavar="N",
                        help="trials at once without a GPU; the CPU cores are split between them (default: 1, or "
-                            "with --launcher slurm one per --cpus-per-task CPUs of the allocation)")
+                            "with --launcher slurm one per --cpus-per-task CPUs of the allocation, or per CPU without it)")
     slots.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
                        help="stop a trial after this long and rank it last (default: no limit)")
     slots.add_argument("--retries", type=int, default=2, metavar="N",

@@ -15,6 +15,8 @@ Behaviour of srun and scancel that this module relies on, checked on Slurm 22.05
   SIGKILL. So `stop` sends SIGTERM to the step with `scancel --signal=TERM JOB.STEP`, and srun then
   returns train.py's own exit code.
 - SIGKILL sent to srun leaves the step running, so `kill` uses `scancel --signal=KILL JOB.STEP`.
+- srun exits with 1 when it fails itself, for instance when the step cannot be created. It then
+  writes no "task 0: Exited with exit code" line, which tells its failure from train.py's exit code 1.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def make_slurm_slots(allocation: Allocation, gpus: int | None, per_gpu: int, wor
             raise AllocationError(f"invalid --per-gpu {per_gpu} with --launcher slurm: Slurm gives each trial's "
                                   f"job step a whole GPU; use --per-gpu 1, or --launcher local on one node")
         if gpus is not None and gpus > available_gpus:
-            raise AllocationError(f"invalid --gpus {gpus}: the allocation holds {available_gpus} GPUs "
+            raise AllocationError(f"invalid --gpus {gpus}: the allocation has {available_gpus} GPUs "
                                   f"({allocation.nodes} nodes x {allocation.gpus_per_node}); request more "
                                   f"with sbatch --gpus-per-node, or lower --gpus")
         count = gpus or available_gpus
@@ -172,7 +174,7 @@ LOCAL_FILESYSTEMS = {"tmpfs", "ramfs", "ext2", "ext3", "ext4", "xfs", "btrfs", "
 
 
 def node_local_reason(path: Path, mounts: str) -> str | None:
-    """Say why `path` looks like a folder only this node sees, or return None when it looks shared.
+    """Return why `path` looks local to this node, or None when it looks shared between nodes.
 
     `mounts` is the text of /proc/mounts. The mount that contains `path` decides by its file system
     type: nfs, lustre, gpfs, beegfs or cephfs pass, while tmpfs, ext4 or xfs are node-local.
@@ -202,6 +204,8 @@ def node_local_reason(path: Path, mounts: str) -> str | None:
 @dataclasses.dataclass
 class SlurmTrial(RunningTrial):
     step_name: str  # srun --job-name, unique within the job, to find the step's id for scancel
+    srun_log: Path | None = None  # the file that receives srun's own messages
+    srun_log_offset: int = 0  # its size when this trial started, since retries append to it
 
 
 class SlurmLauncher:
@@ -245,22 +249,48 @@ class SlurmLauncher:
         env = {name: value for name, value in os.environ.items() if name not in INHERITED_STEP_REQUESTS}
         env.update(slot.env)
         env["PYTHONUNBUFFERED"] = "1"
-        with open(srun_log_path(stderr_path), "ab") as srun_log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=srun_log, stderr=srun_log, env=env,
+        srun_log = srun_log_path(stderr_path)
+        with open(srun_log, "ab") as file:
+            offset = file.tell()
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=file, stderr=file, env=env,
                                        start_new_session=True)
         log.debug("started srun pid %d as step %s on %s: %s", process.pid, step_name, slot.name, argv)
-        return SlurmTrial(process=process, slot=slot, started=time.monotonic(), step_name=step_name)
+        return SlurmTrial(process=process, slot=slot, started=time.monotonic(), step_name=step_name,
+                          srun_log=srun_log, srun_log_offset=offset)
 
     def poll(self, trial: SlurmTrial) -> int | None:
         """Return the exit code, negative for a signal, or None while the trial runs.
 
         srun reports a task killed by signal N as 128 + N, and train.py exits with 128 + N when it
         stops on signal N. Both become -N, as `LocalLauncher.poll` returns for a killed process.
+        A failure of srun itself, such as a step that could not be created, also counts as a kill
+        (-9): it is no fault of the configuration, so the search retries it.
+        NOTE: srun's exit code when a node fails mid-trial was not observed, because the test
+        cluster has one node. It becomes -N or -9 here unless srun reports a task exit code.
         """
         code = trial.process.poll()
         if code is not None and 128 < code <= 128 + 64:
             return 128 - code
+        if code is not None and code > 0 and not self._task_exited_with(trial, code):
+            log.error("srun of step %s failed with exit code %d before its task exited: %s (log: %s)",
+                      trial.step_name, code, (self._srun_messages(trial) or ["no message"])[-1], trial.srun_log)
+            return -signal.SIGKILL
         return code
+
+    def _srun_messages(self, trial: SlurmTrial) -> list[str]:
+        """Return the lines srun wrote for this trial, after the offset at its start."""
+        if trial.srun_log is None:
+            return []
+        try:
+            with open(trial.srun_log, "rb") as file:
+                file.seek(trial.srun_log_offset)
+                return [line for line in file.read().decode(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return []
+
+    def _task_exited_with(self, trial: SlurmTrial, code: int) -> bool:
+        """Tell whether srun reported that the task itself exited with `code`."""
+        return any(line.endswith(f"task 0: Exited with exit code {code}") for line in self._srun_messages(trial))
 
     def stop(self, trials: list[SlurmTrial], grace_seconds: float = 10.0) -> None:
         """Send SIGTERM to the trials' steps, then kill those still running after `grace_seconds`."""
@@ -302,7 +332,7 @@ class SlurmLauncher:
         completed = subprocess.run([self.scancel, f"--signal={signal_name}", step], capture_output=True, text=True,
                                    timeout=60)
         if completed.returncode != 0:
-            # A step that ended between squeue and scancel is no longer a job id Slurm knows.
+            # A step that ended between squeue and scancel no longer exists, so scancel reports an invalid id.
             level = logging.DEBUG if "Invalid job id" in completed.stderr else logging.WARNING
             log.log(level, "scancel --signal=%s %s failed: %s", signal_name, step, completed.stderr.strip())
 

@@ -121,13 +121,26 @@ def test_allocation_without_cpu_list_uses_node_count():
     assert allocation.gpus_per_node == 0
 
 
-@pytest.mark.parametrize("code, expected", [(0, 0), (5, 5), (137, -9), (143, -15), (130, -2), (-9, -9)])
-def test_poll_maps_signal_codes(code, expected):
+@pytest.mark.parametrize("code, srun_output, expected", [
+    (0, "", 0),
+    (5, "srun: error: localhost: task 0: Exited with exit code 5\n", 5),
+    (1, "srun: error: localhost: task 0: Exited with exit code 1\n", 1),
+    (1, "srun: error: Unable to create step for job 7: Requested node configuration is not available\n", -9),
+    (137, "srun: error: localhost: task 0: Killed\n", -9),
+    (143, "srun: error: localhost: task 0: Exited with exit code 143\n", -15),
+    (130, "", -2),
+    (-9, "", -9),
+])
+def test_poll_maps_exit_codes(tmp_path, code, srun_output, expected):
     class Finished:
         def poll(self):
             return code
 
-    trial = slurm.SlurmTrial(process=Finished(), slot=None, started=0.0, step_name="s")
+    srun_log = tmp_path / "trial.srun"
+    srun_log.write_text("srun: error: localhost: task 0: Exited with exit code 1\n" + srun_output)
+    # The first line is from an earlier start of the same trial, before the offset.
+    trial = slurm.SlurmTrial(process=Finished(), slot=None, started=0.0, step_name="s", srun_log=srun_log,
+                             srun_log_offset=len("srun: error: localhost: task 0: Exited with exit code 1\n"))
     assert slurm.SlurmLauncher("1", 1, 0).poll(trial) == expected
 
 
@@ -278,6 +291,8 @@ def test_launcher_stop_and_kill_on_cluster(cluster, tmp_path):
             print("got SIGTERM", flush=True)
             sys.exit(143)
         signal.signal(signal.SIGTERM, signal.SIG_IGN if sys.argv[1] == "ignore" else stop)
+        if sys.argv[1] == "fail":
+            sys.exit(1)
         print("ready", flush=True)
         time.sleep(120)
         """))
@@ -300,6 +315,13 @@ def test_launcher_stop_and_kill_on_cluster(cluster, tmp_path):
             else:
                 srun.kill(trial)
             print(mode, srun.poll(trial), flush=True)
+        # A task that fails, and an srun that fails itself, asking for more CPUs than the job has.
+        for mode, cpus in (("fail", 1), ("oversized", 999)):
+            srun.cpus_per_trial = cpus
+            trial = srun.start([sys.executable, {str(task)!r}, "fail"], slot, folder / f"{{mode}}.out",
+                               folder / f"{{mode}}.log")
+            trial.process.wait()
+            print(mode, srun.poll(trial), flush=True)
         """))
     output = tmp_path / "job.out"
 
@@ -309,6 +331,8 @@ def test_launcher_stop_and_kill_on_cluster(cluster, tmp_path):
     lines = output.read_text().splitlines()
     assert "handle -15" in lines, lines  # train.py's exit code 143 after SIGTERM, as a signal
     assert "ignore -9" in lines, lines
+    assert "fail 1" in lines, lines  # the task's own exit code
+    assert "oversized -9" in lines, lines  # srun's failure, retried like a killed trial
     assert (tmp_path / "handle.out").read_text().splitlines() == ["ready", "got SIGTERM"]
     assert "got SIGTERM" not in (tmp_path / "ignore.out").read_text()
 
