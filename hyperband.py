@@ -4,6 +4,7 @@
     python hyperband.py --max-epochs 81 --eta 3 --dry-run          # print the bracket table only
     python hyperband.py --model resnet18 --max-epochs 27 --space space.toml --gpus 4 --per-gpu 2
     python hyperband.py --model vgg11 --width 0.25 --max-epochs 9 --eta 3 --report   # report on that search
+    sbatch examples/hyperband.sbatch     # on a Slurm cluster: --launcher slurm, trials on every node and GPU
 
 Killed at any moment, the same command run again carries on: it draws the same configurations,
 reads finished results from the search's journal and the checkpoint names, and resumes the rest.
@@ -28,6 +29,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,8 +39,9 @@ import checkpoint
 import cli
 import plan
 import report
+import slurm
 import space
-from launcher import make_slots, visible_gpus
+from launcher import LocalLauncher, make_slots, visible_gpus
 from search import Search, SearchError, Trial, train_arguments
 
 log = logging.getLogger("hyperband")
@@ -82,14 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--precision", default=defaults.precision, choices=checkpoint.PRECISIONS,
                        help="fp32, or bf16 autocast (faster on recent GPUs; not comparable with fp32 results)")
     model.add_argument("--scratch", type=Path, default=None, metavar="DIR",
-                       help="folder for checkpoints and the search's files (default: $SCRATCH, else ./scratch)")
+                       help="folder for checkpoints and the search's files (default: $SCRATCH, else ./scratch); "
+                            "with --launcher slurm it must be on a file system that every node shares")
 
     slots = parser.add_argument_group("parallel trials")
+    slots.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                       help="where trials run: subprocesses of this machine, or job steps (srun) on every node "
+                            "of the current Slurm allocation")
     slots.add_argument("--gpus", type=int, default=None, metavar="N",
-                       help="GPUs to use (default: every visible one; 0 runs on the CPU)")
+                       help="GPUs to use (default: every visible one, or every one in the Slurm allocation; "
+                            "0 runs on the CPU)")
     slots.add_argument("--per-gpu", type=int, default=1, metavar="K", help="trials sharing each GPU")
-    slots.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="trials at once without a GPU; the CPU cores are split between them")
+    slots.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="trials at once without a GPU; the CPU cores are split between them (default: 1, or "
+                            "with --launcher slurm one per --cpus-per-task CPUs of the allocation, or per CPU without it)")
     slots.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
                        help="stop a trial after this long and rank it last (default: no limit)")
     slots.add_argument("--retries", type=int, default=2, metavar="N",
@@ -106,7 +115,7 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         (args.max_epochs >= 1, "--max-epochs", args.max_epochs, "an integer >= 1"),
         (args.eta >= 2, "--eta", args.eta, "an integer >= 2"),
         (args.per_gpu >= 1, "--per-gpu", args.per_gpu, "an integer >= 1"),
-        (args.workers >= 1, "--workers", args.workers, "an integer >= 1"),
+        (args.workers is None or args.workers >= 1, "--workers", args.workers, "an integer >= 1"),
         (args.gpus is None or args.gpus >= 0, "--gpus", args.gpus, "an integer >= 0"),
         (args.retries >= 0, "--retries", args.retries, "an integer >= 0"),
         (args.trial_timeout is None or 0 < args.trial_timeout < math.inf, "--trial-timeout", args.trial_timeout,
@@ -123,6 +132,26 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         parser.error(f"invalid --space {args.space}: file not found")
     if args.report and args.dry_run:
         parser.error("--report and --dry-run exclude each other: --dry-run prints the plan only")
+
+
+def choose_slots(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """Return the slots of the trials that run at once and the launcher that starts them.
+
+    A problem with the flags or the Slurm allocation exits with code 2 before anything is written.
+    """
+    if args.launcher == "local":
+        slots = make_slots(choose_gpus(args, parser), args.per_gpu, args.workers or 1, os.cpu_count() or 1)
+        return slots, LocalLauncher()
+    try:
+        allocation = slurm.read_allocation(os.environ)
+        slurm_slots = slurm.make_slurm_slots(allocation, args.gpus, args.per_gpu, args.workers)
+        launcher = slurm.SlurmLauncher.for_allocation(allocation, slurm_slots)
+    except slurm.AllocationError as error:
+        parser.error(str(error))
+    log.info("Slurm job %s: %d nodes, CPUs per node %s, %d GPUs per node; each trial gets %d CPUs and %d GPUs",
+             allocation.job_id, allocation.nodes, ",".join(map(str, allocation.cpus_per_node)),
+             allocation.gpus_per_node, slurm_slots.cpus_per_trial, slurm_slots.gpus_per_trial)
+    return slurm_slots.slots, launcher
 
 
 def choose_gpus(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -150,6 +179,32 @@ def search_folder(scratch: Path, args: argparse.Namespace, space_text: str) -> P
         name += f"_{args.precision}"
     digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
     return scratch / "searches" / f"{name}_{digest}"
+
+
+def scratch_problem(scratch: Path) -> str | None:
+    """Create the scratch folder if needed and write a file in it; return why that failed, or None."""
+    try:
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=scratch, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        return (f"the scratch folder {scratch} is not writable ({error.strerror or error}); pass --scratch "
+                f"(or set $SCRATCH) to a folder you can write, on a file system every node shares when trials "
+                f"run on several nodes")
+    return None
+
+
+def warn_if_node_local(scratch: Path) -> None:
+    """Warn when the scratch folder looks local to this node, where trials on other nodes cannot see it."""
+    try:
+        mounts = Path("/proc/mounts").read_text()
+    except OSError:
+        mounts = ""
+    reason = slurm.node_local_reason(scratch.resolve(), mounts)
+    if reason is not None:
+        log.warning("the scratch folder %s may be local to this node: %s. Trials on other nodes of the "
+                    "allocation would not see its checkpoints; use a shared file system for --scratch unless "
+                    "the allocation has one node", scratch.resolve(), reason)
 
 
 def lock_search(folder: Path):
@@ -254,14 +309,21 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.report:
         return show_report(settings, parser)
 
-    # Let train.py reject what it would reject, before anything runs
+    # Slots and the launcher, then what train.py would reject, before anything is written
+    slots, launcher = choose_slots(args, parser)
     code = check_with_train(configs[0][0], scratch, args.data_dir)
     if code != 0:
         return code
 
-    # Slots, and the search's folder locked
-    gpu_ids = choose_gpus(args, parser)
-    slots = make_slots(gpu_ids, args.per_gpu, args.workers, os.cpu_count() or 1)
+    # A scratch folder that the trials can write
+    problem = scratch_problem(scratch)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.launcher == "slurm":
+        warn_if_node_local(scratch)
+
+    # The search's folder, locked
     log.info("scratch folder: %s (%s); search folder: %s", scratch.resolve(), source, folder)
     log.info("trials at once: %d (%s)", len(slots), ", ".join(slot.name for slot in slots))
     folder.mkdir(parents=True, exist_ok=True)
@@ -280,7 +342,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             log.info("%s after %d epochs: %s (%s)", describe(trial.config, dimensions), trial.epochs, score,
                      "from an earlier run" if reused else f"{result.seconds:.0f} s")
 
-        search = Search(brackets, configs, args.eta, scratch, args.data_dir, folder, slots,
+        search = Search(brackets, configs, args.eta, scratch, args.data_dir, folder, slots, launcher=launcher,
                         trial_timeout=args.trial_timeout, on_result=on_result, retries=args.retries,
                         on_round=recorder)
         rows = search.run()
