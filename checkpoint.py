@@ -309,6 +309,12 @@ def remove_stale_temporaries(folder: Path, config: Config) -> list[Path]:
     stem = config_stem(config)
     for pattern in (f".{stem}_*{TEMP_MARKER}*", f".{history_name(config)}{TEMP_MARKER}*"):
         for path in Path(folder).glob(pattern):
+            # The pattern also matches configurations whose names extend this stem (say with
+            # "_bf16"); their saves run under their own locks, so only this configuration's go.
+            target = path.name[1:path.name.rindex(TEMP_MARKER)]
+            parsed = parse_name(target)
+            if target != history_name(config) and (parsed is None or parsed.config != config):
+                continue
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -201,9 +202,13 @@ def find_resume_state(folder: Path, config: Config) -> tuple[dict, Path] | None:
         return state, path
     if failures:
         listing = "; ".join(str(error) for _, error in failures)
+        # The exact files, not a wildcard: a wildcard on the stem would also match configurations
+        # whose names extend it, such as the same settings with "_bf16".
+        files = [path for path, _ in failures] + [history.history_path(folder, config)]
+        command = shlex.join(["rm", "-f"] + [str(path) for path in files])
         raise checkpoint.UnusableCheckpoint(
             f"none of the {len(failures)} checkpoints of this configuration can be used ({listing}). "
-            f"To start this configuration over, delete them: rm {folder}/{checkpoint.config_stem(config)}_*")
+            f"To start this configuration over, delete them and its history: {command}")
     return None
 
 

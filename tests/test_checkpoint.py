@@ -281,3 +281,20 @@ def test_round_trip_over_whole_ranges(config, epoch, acc):
 @given(first=configs, second=configs)
 def test_distinct_configs_distinct_names(first, second):
     assert (format_name(first, 1, 0.5) == format_name(second, 1, 0.5)) == (first == second)
+
+
+def test_stale_temporaries_of_other_configs_kept(tmp_path):
+    config = Config()
+    own = tmp_path / ("." + format_name(config, 1, 0.5) + checkpoint.TEMP_MARKER + "123")
+    own_history = tmp_path / ("." + checkpoint.history_name(config) + checkpoint.TEMP_MARKER + "123")
+    sibling = tmp_path / ("." + format_name(Config(precision="bf16"), 1, 0.5) + checkpoint.TEMP_MARKER + "456")
+    sibling_history = tmp_path / ("." + checkpoint.history_name(Config(split_seed=2)) + checkpoint.TEMP_MARKER + "4")
+    for path in (own, own_history, sibling, sibling_history):
+        path.write_bytes(b"partial")
+
+    removed = checkpoint.remove_stale_temporaries(tmp_path, config)
+
+    assert sorted(removed) == sorted([own, own_history])
+    assert sibling.exists()
+    assert sibling_history.exists()
+    assert not own.exists()

@@ -175,6 +175,25 @@ def test_only_checkpoint_damaged_stops(tmp_path, cifar_dir):
     assert checkpoint_files(tmp_path) == [only]  # nothing trained from scratch
 
 
+def test_start_over_command_spares_siblings(tmp_path, cifar_dir):
+    # The bf16 configuration's names extend the fp32 one's stem, so a wildcard would delete it too.
+    run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir)
+    (damaged,) = checkpoint_files(tmp_path)
+    result_of(run_train(FAST + ["--epochs", "1", "--precision", "bf16"], tmp_path, cifar_dir))
+    siblings = [path for path in damaged.parent.iterdir() if path != damaged and not path.name.startswith(".")]
+    damaged.write_bytes(b"")
+    completed = run_train(FAST + ["--epochs", "2"], tmp_path, cifar_dir)
+    assert completed.returncode == checkpoint.EXIT_UNUSABLE_CHECKPOINTS
+
+    command = completed.stderr.split("delete them and its history: ")[1].splitlines()[0]
+    subprocess.run(command, shell=True, check=True)
+    assert not damaged.exists()
+    remaining = [path for path in damaged.parent.iterdir() if not path.name.startswith(".")]
+    assert sorted(p.name for p in remaining) == sorted(p.name for p in siblings if "bf16" in p.name)
+    assert len(remaining) == 2  # the bf16 checkpoint and its history file
+    assert result_of(run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir))["epochs_trained"] == 1
+
+
 class _Payload:
     """Unpickling this creates the marker file, as a hostile checkpoint would run code."""
 
