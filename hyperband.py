@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     slots.add_argument("--per-gpu", type=int, default=1, metavar="K", help="trials sharing each GPU")
     slots.add_argument("--workers", type=int, default=None, metavar="N",
                        help="trials at once without a GPU; the CPU cores are split between them (default: 1, or "
-                            "with --launcher slurm one per --cpus-per-task CPUs of the allocation, or per CPU without it)")
+                            "with --launcher slurm one per --cpus-per-task CPUs of the allocation, or per CPU "
+                            "without it)")
     slots.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
                        help="stop a trial after this long and rank it last (default: no limit)")
     slots.add_argument("--retries", type=int, default=2, metavar="N",
@@ -140,7 +141,10 @@ def choose_slots(args: argparse.Namespace, parser: argparse.ArgumentParser):
     A problem with the flags or the Slurm allocation exits with code 2 before anything is written.
     """
     if args.launcher == "local":
-        slots = make_slots(choose_gpus(args, parser), args.per_gpu, args.workers or 1, os.cpu_count() or 1)
+        gpu_ids = choose_gpus(args, parser)
+        if not gpu_ids:
+            reject_per_gpu_on_cpu(args, parser)
+        slots = make_slots(gpu_ids, args.per_gpu, args.workers or 1, os.cpu_count() or 1)
         return slots, LocalLauncher()
     try:
         allocation = slurm.read_allocation(os.environ)
@@ -148,10 +152,18 @@ def choose_slots(args: argparse.Namespace, parser: argparse.ArgumentParser):
         launcher = slurm.SlurmLauncher.for_allocation(allocation, slurm_slots)
     except slurm.AllocationError as error:
         parser.error(str(error))
+    if slurm_slots.gpus_per_trial == 0:
+        reject_per_gpu_on_cpu(args, parser)
     log.info("Slurm job %s: %d nodes, CPUs per node %s, %d GPUs per node; each trial gets %d CPUs and %d GPUs",
              allocation.job_id, allocation.nodes, ",".join(map(str, allocation.cpus_per_node)),
              allocation.gpus_per_node, slurm_slots.cpus_per_trial, slurm_slots.gpus_per_trial)
     return slurm_slots.slots, launcher
+
+
+def reject_per_gpu_on_cpu(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.per_gpu > 1:
+        parser.error(f"invalid --per-gpu {args.per_gpu}: this search runs its trials on the CPU, where --per-gpu "
+                     f"has no effect; use --workers N for N trials at once")
 
 
 def choose_gpus(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -354,18 +366,25 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"\nLeaderboard ({len(rows)} configurations, {time.monotonic() - started:.0f} s):")
     print(report.format_leaderboard(rows, settings.describe))
     best = rows[0]
-    print(f"\nBest checkpoint: {best.result.checkpoint}")
-    print(f"Reproduce it:    {report.reproduce_command(best.config, best.result.epochs, scratch, args.data_dir)}")
+    # A search in which no trial produced a score has no best configuration to show.
+    exit_code = 0 if best.result.score is not None else 1
+    if exit_code == 0:
+        print(f"\nBest checkpoint: {best.result.checkpoint}")
+        print(f"Reproduce it:    {report.reproduce_command(best.config, best.result.epochs, scratch, args.data_dir)}")
+    else:
+        print(f"\nNo configuration finished with a validation score: every trial failed, diverged or timed out. "
+              f"Their logs are in {folder / 'logs'}. Fix the cause (a --trial-timeout that is too short, for "
+              f"example) and rerun; trials that failed are tried again.", file=sys.stderr)
     print(f"Leaderboard CSV: {leaderboard_path}")
     try:
         report_path, _, plot_paths = report.write_report(settings)
     except OSError as error:
         log.warning("could not write the report in %s: %s", folder, error.strerror or error)
-        return 0
+        return exit_code
     print(f"Report:          {report_path}")
     for path in plot_paths:
         print(f"Plot:            {path}")
-    return 0
+    return exit_code
 
 
 def show_report(settings: report.SearchSettings, parser: argparse.ArgumentParser) -> int:

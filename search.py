@@ -104,8 +104,12 @@ def train_arguments(config: checkpoint.Config, epochs: int, scratch: Path, data_
     """Build the train.py argument list that trains `config` to `epochs`, never a shell string."""
     argv = [sys.executable, str(TRAIN_SCRIPT), "--dataset", config.dataset, "--model", config.model]
     for field in dataclasses.fields(config):
-        if field.name not in ("dataset", "model"):
-            argv += [f"--{field.name.replace('_', '-')}", checkpoint.format_number(getattr(config, field.name))]
+        value = getattr(config, field.name)
+        if field.name in ("dataset", "model"):
+            continue
+        if field.name in checkpoint.OPTIONAL_NAME_KEYS and value == field.default:
+            continue  # as in the checkpoint names, so that a default split or precision is not spelled out
+        argv += [f"--{field.name.replace('_', '-')}", checkpoint.format_number(value)]
     argv += ["--epochs", str(epochs), "--scratch", str(scratch)]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]

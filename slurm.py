@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 HOW_TO_ALLOCATE = ("start it inside a Slurm allocation, for example with "
                    "'sbatch examples/hyperband.sbatch', or interactively with "
-                   "'salloc --nodes=1 --gpus-per-node=1 --cpus-per-task=4 --time=1:00:00' and the same command "
-                   "in the shell that salloc opens")
+                   "'salloc --nodes=1 --gpus-per-node=1 --cpus-per-task=4 --time=1:00:00' (on a cluster without "
+                   "GPUs: 'salloc --nodes=1 --ntasks=4 --time=1:00:00') and the same command in the shell that "
+                   "salloc opens")
 
 # Variables that sbatch and salloc export and that srun would read as this step's own request, such
 # as "all the job's GPUs and memory on every node". Each trial requests its own share instead.

@@ -404,8 +404,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=args.lock_timeout)
     except OSError as error:
-        print(f"error: cannot create or lock the checkpoint folder {folder}: {error}", file=sys.stderr)
-        return 1
+        print(f"error: cannot create or lock the checkpoint folder {folder}: {error.strerror or error}. Pass "
+              f"--scratch (or set $SCRATCH) to a folder you can write.", file=sys.stderr)
+        return checkpoint.EXIT_USAGE
     except checkpoint.LockTimeout as error:
         print(f"error: another process is training this configuration: {error}. Wait for it or stop it.",
               file=sys.stderr)

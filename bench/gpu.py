@@ -75,7 +75,8 @@ def prepare(model_name: str, precision: str, args: argparse.Namespace, data_dir:
         torch.backends.cudnn.benchmark = True
     device_data = data.load_device_data("cifar10", data_dir, None, 0.1, 0, device)
     torch.manual_seed(0)
-    model = models.build_model(model_name, args.width, device_data.classes).to(device, memory_format=torch.channels_last)
+    model = models.build_model(model_name, args.width, device_data.classes)
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     generator = torch.Generator()
     generator.manual_seed(0)
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         first = args.processes[0]
-        print(f"| model (fp32) | processes | aggregate images/s | against {first} process(es) |")
+        unit = "process" if first == 1 else "processes"
+        print(f"| model (fp32) | processes | aggregate images/s | against {first} {unit} |")
         print("|---|---|---|---|")
         for model_name in args.packing_models:
             baseline = None

@@ -113,7 +113,8 @@ def main() -> int:
     print(f"  planned with checkpoint reuse   {planned_with_reuse:8d}   (must be equal)")
     print(f"  planned without reuse           {planned_without_reuse:8d}   "
           f"(reuse saves {1 - planned_with_reuse / planned_without_reuse:.0%})")
-    print(f"slot utilisation                  {busy / capacity:8.3f}   (goal: at least 0.85)")
+    print(f"slot utilisation                  {busy / capacity:8.3f}   (goal: at least 0.85; a trial's slot "
+          f"counts as busy from its launch to its exit)")
     print("slot time, as a share of slots x wall time:")
     print(f"  training epochs                 {training / capacity:8.3f}")
     print(f"  trial start-up and shut-down    {(busy - training) / capacity:8.3f}")

@@ -39,4 +39,5 @@ def test_gpu_benchmark_runs_on_cpu():
     assert [(row[0], row[1]) for row in packing] == [("resnet18", "1"), ("resnet18", "2")]
     assert all(float(row[2]) > 0 for row in packing)
     assert packing[0][3] == "1.00"
+    assert "against 1 process |" in completed.stdout
     assert re.search(r"device: CPU, torch \S+, width 0.0625, batch 32", completed.stdout)

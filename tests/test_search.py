@@ -583,6 +583,14 @@ def test_killed_search_resumes_identically(tmp_path, finished_search, cifar_dir,
         send_signal(processes_mentioning(str(scratch)), signal.SIGKILL)
 
 
+def test_search_without_any_score_exits_1(tmp_path, cifar_dir, space_file):
+    completed = run_hyperband(tmp_path / "scratch", cifar_dir, "--space", str(space_file), "--trial-timeout", "0.2")
+    assert completed.returncode == 1, completed.stderr
+    assert "No configuration finished with a validation score" in completed.stderr
+    assert "Best checkpoint" not in completed.stdout
+    assert (search_folder_of(tmp_path / "scratch") / "leaderboard.csv").exists()
+
+
 def test_dry_run_writes_nothing(tmp_path, cifar_dir):
     scratch = tmp_path / "scratch"
 
@@ -600,6 +608,7 @@ INVALID_INPUTS = {
     "max-epochs-zero": (["--max-epochs", "0"], None, "--max-epochs"),
     "eta-one": (["--eta", "1"], None, "--eta"),
     "workers-zero": (["--workers", "0"], None, "--workers"),
+    "per-gpu-on-cpu": (["--per-gpu", "2"], None, "--per-gpu 2"),
     "width-negative": (["--width", "-1"], None, "--width"),
     "unknown-model": (["--model", "nosuchmodel"], None, "--model"),
     "space-unknown-key": ([], "learning-rate = 0.1\n", "learning-rate"),

@@ -342,6 +342,16 @@ def test_data_dir_that_is_a_file(tmp_path):
     assert not (tmp_path / "scratch").exists()
 
 
+def test_scratch_under_a_file_exits_2(tmp_path, cifar_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"x")
+    completed = run_train(FAST + ["--epochs", "1"], blocker / "scratch", cifar_dir)
+    assert completed.returncode == 2
+    assert "--scratch" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert blocker.read_bytes() == b"x"
+
+
 # ---------------------------------------------------------------- failing saves and other damage
 
 

@@ -4,8 +4,9 @@
 #     sudo bash tools/slurm_local.sh          # as root, on Debian or Ubuntu
 #
 # It installs slurm-wlm and munge when they are missing, writes /etc/slurm/slurm.conf for one node
-# called localhost with no GPUs, and starts munged, slurmctld and slurmd. The daemons listen and
-# connect on localhost only. Run again, it does nothing while `sinfo` responds. The configuration
+# called localhost with no GPUs, and starts munged, slurmctld and slurmd. Clients and slurmd use
+# 127.0.0.1, but slurmctld listens on every interface, because Slurm 22.05 has no setting that binds
+# it to one address (see the NOTE below). Run again, it does nothing while `sinfo` responds. The configuration
 # suits a container without systemd or cgroups: processes are tracked through /proc, and tasks are
 # not confined. Everything runs as root, so it is for a developer machine or CI, never a real cluster.
 set -euo pipefail
