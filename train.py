@@ -378,10 +378,12 @@ def test_result(args: argparse.Namespace, config: Config, device, folder: Path, 
     else:
         kept_by_epoch = {parsed.epoch: file for parsed, file in checkpoint.list_checkpoints(folder, config)}
         if epoch not in kept_by_epoch:
+            kept_epochs = ", ".join(map(str, sorted(kept_by_epoch)))
             raise TestUnavailable(
-                f"the checkpoint of epoch {epoch} was not kept (kept epochs: {', '.join(map(str, sorted(kept_by_epoch)))}), "
-                f"so its test accuracy cannot be computed; use --epochs {state['epoch']} with --test instead")
-        weights, source = checkpoint.load_checkpoint(kept_by_epoch[epoch], config)["model"], kept_by_epoch[epoch].name
+                f"the checkpoint of epoch {epoch} was not kept (kept epochs: {kept_epochs}), so its test "
+                f"accuracy cannot be computed; use --epochs {state['epoch']} with --test instead")
+        source = kept_by_epoch[epoch].name
+        weights = checkpoint.load_checkpoint(kept_by_epoch[epoch], config)["model"]
 
     # Evaluate once and store
     test_acc = test_loss = None
