@@ -8,8 +8,8 @@
 Both models get one Hyperband search each with the same settings (hyperband.py subprocesses, with
 --seed, --seed + 1, ... when searches are repeated). The winner of each search, read from its
 leaderboard.csv, is trained from scratch --repeats times with train.py --test, each run with its own
-seed of initialisation, data order and augmentation, and evaluated once on the test set, which no
-choice ever sees. The report gives each model's test accuracy with a bootstrap interval and
+seed of initialisation, data order and augmentation, and evaluated once on the test set, which
+takes part in no choice. The report gives each model's test accuracy with a bootstrap interval and
 P(A > B), the probability that a run of A beats a run of B.
 
 Every run is an ordinary search or train.py run whose results stay on disk, so the same command,
@@ -267,7 +267,12 @@ def read_winner(search: SearchRun) -> tuple[checkpoint.Config, int, float]:
     values = {}
     for field in dataclasses.fields(checkpoint.Config):
         text = row[field.name]
-        values[field.name] = int(text) if field.type == "int" else float(text) if field.type == "float" else text
+        if field.type == "int":
+            values[field.name] = int(text)
+        elif field.type == "float":
+            values[field.name] = float(text)
+        else:
+            values[field.name] = text
     return checkpoint.Config(**values), int(row["epochs"]), float(row["val_acc"])
 
 
