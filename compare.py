@@ -151,8 +151,8 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         if space is not None and not space.is_file():
             parser.error(f"invalid --space-{side} {space}: file not found")
         space_text = space.read_text() if space is not None else ""
-        specs.append(ModelSpec(side, getattr(args, f"label_{side}") or model, model, checkpoint.round_significant(width),
-                               space, space_text))
+        label = getattr(args, f"label_{side}") or model
+        specs.append(ModelSpec(side, label, model, checkpoint.round_significant(width), space, space_text))
     a, b = specs
     if (a.model, a.width, a.space_text) == (b.model, b.width, b.space_text):
         parser.error(f"models A and B are the same ({a.model}, width {a.width}, same search space): "
@@ -162,7 +162,7 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         if a.width != b.width:
             a, b = (dataclasses.replace(spec, label=f"{spec.model} w{spec.width:g}") for spec in (a, b))
         else:
-            a, b = (dataclasses.replace(spec, label=f"{spec.model} ({spec.space.name if spec.space else 'default space'})")
+            a, b = (dataclasses.replace(spec, label=f"{spec.model} ({spec.space.name if spec.space else 'default'})")
                     for spec in (a, b))
     if a.label == b.label:
         parser.error(f"models A and B have the same label {a.label!r}: give --label-a and --label-b different values")
@@ -203,8 +203,8 @@ class RepeatRun:
 
 def search_argv(args: argparse.Namespace, spec: ModelSpec, seed: int) -> list[str]:
     """Build the hyperband.py argument list of `spec`'s search with `seed`, never a shell string."""
-    argv = [sys.executable, str(HYPERBAND_SCRIPT), "--model", spec.model, "--width", checkpoint.format_number(spec.width),
-            "--dataset", args.dataset, "--val-fraction", checkpoint.format_number(args.val_fraction),
+    argv = [sys.executable, str(HYPERBAND_SCRIPT), "--model", spec.model,
+            "--width", checkpoint.format_number(spec.width), "--dataset", args.dataset, "--val-fraction", checkpoint.format_number(args.val_fraction),
             "--max-epochs", str(args.max_epochs), "--eta", str(args.eta), "--seed", str(seed),
             "--workers", str(args.workers), "--per-gpu", str(args.per_gpu), "--quiet"]
     if args.gpus is not None:
@@ -411,8 +411,8 @@ def run_repeats(repeats: list[RepeatRun], args: argparse.Namespace, scratch: Pat
                 repeat, slot, log_path = running.pop(process)
                 free.append(slot)
                 if process.returncode != 0:
-                    failures.append(f"{repeat.spec.label}, search {repeat.search + 1}, run {repeat.index + 1} (exit code {process.returncode}, "
-                                    f"log {log_path}):\n{last_lines(log_path, 3)}")
+                    failures.append(f"{repeat.spec.label}, search {repeat.search + 1}, run {repeat.index + 1} "
+                                    f"(exit code {process.returncode}, log {log_path}):\n{last_lines(log_path, 3)}")
                 elif not args.quiet:
                     result = stored_result(repeat, scratch)
                     score = "diverged" if result["test_acc"] is None else f"test acc {result['test_acc']:.4f}"
