@@ -204,7 +204,8 @@ class RepeatRun:
 def search_argv(args: argparse.Namespace, spec: ModelSpec, seed: int) -> list[str]:
     """Build the hyperband.py argument list of `spec`'s search with `seed`, never a shell string."""
     argv = [sys.executable, str(HYPERBAND_SCRIPT), "--model", spec.model,
-            "--width", checkpoint.format_number(spec.width), "--dataset", args.dataset, "--val-fraction", checkpoint.format_number(args.val_fraction),
+            "--width", checkpoint.format_number(spec.width), "--dataset", args.dataset,
+            "--val-fraction", checkpoint.format_number(args.val_fraction),
             "--max-epochs", str(args.max_epochs), "--eta", str(args.eta), "--seed", str(seed),
             "--workers", str(args.workers), "--per-gpu", str(args.per_gpu), "--quiet"]
     if args.gpus is not None:
