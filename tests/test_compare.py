@@ -132,6 +132,20 @@ def test_sigkill_then_rerun_same_report(finished, tmp_path, cifar_dir, space_fil
     assert report_of(tmp_path).read_bytes() == report_of(finished).read_bytes()
 
 
+def test_search_repeats_adds_costly_estimate(finished, cifar_dir, space_file):
+    # Reuses the first search and its retrainings, and adds a search with seed 1 per model.
+    completed = run_compare(finished, cifar_dir, space_file, ["--search-repeats", "2"])
+    assert completed.returncode == 0, completed.stderr
+    text = completed.stdout
+    assert "Estimate from 2 searches, one retraining of each winner." in text
+    assert "Verdict from repeated searches:" in text
+    assert "The two estimates of P(small w0.5 > small w0.25) differ by" in text
+    assert text.count("python hyperband.py ") == 4
+    assert text.count("python train.py ") == 6
+    assert "--seed 1 " in text
+    assert "retraining 2 of 6 runs" in completed.stderr
+
+
 # ---------------------------------------------------------------- seeds of the retrained runs
 
 
