@@ -405,7 +405,7 @@ def test_damaged_file_resumes_from_good(tmp_path, cifar_dir, two_trained_configs
 # ---------------------------------------------------------------- the test set
 
 
-def test_test_flag_stores_and_reports(tmp_path, cifar_dir):
+def test_test_flag_stores_then_reads(tmp_path, cifar_dir):
     completed = run_train(FAST + ["--epochs", "2", "--test"], tmp_path, cifar_dir)
     first = result_of(completed)
     stored_path = tmp_path / "checkpoints" / "cifar10" / "small" / checkpoint.test_result_name(
@@ -421,10 +421,7 @@ def test_test_flag_stores_and_reports(tmp_path, cifar_dir):
     assert all(checkpoint.parse_name(p.name) is not None for p in checkpoint_files(tmp_path))
     assert checkpoint.parse_name(stored_path.name) is None
 
-
-def test_test_flag_rerun_reads_stored(tmp_path, cifar_dir):
-    first = result_of(run_train(FAST + ["--epochs", "2", "--test"], tmp_path, cifar_dir))
-    stored_path = next(tmp_path.rglob("*.test.json"))
+    # A rerun reports the stored result without evaluating again.
     written = stored_path.stat().st_mtime_ns
     completed = run_train(FAST + ["--epochs", "2", "--test"], tmp_path, cifar_dir)
     again = result_of(completed)
@@ -447,12 +444,6 @@ def test_test_result_matches_evaluation(tmp_path, cifar_dir):
     assert result["test_loss"] == pytest.approx(metrics.loss, rel=1e-5)
 
 
-def test_test_flag_without_flag_has_no_test_keys(tmp_path, cifar_dir):
-    result = result_of(run_train(FAST + ["--epochs", "1"], tmp_path, cifar_dir))
-    assert "test_acc" not in result
-    assert list(tmp_path.rglob("*.test.json")) == []
-
-
 def test_test_flag_diverged_has_none(tmp_path, cifar_dir):
     result = result_of(run_train(FAST + ["--lr", "1e+12", "--epochs", "2", "--test"], tmp_path, cifar_dir))
     assert result["status"] == "diverged"
@@ -461,7 +452,9 @@ def test_test_flag_diverged_has_none(tmp_path, cifar_dir):
 
 
 def test_test_flag_pruned_epoch_exits_1(tmp_path, cifar_dir):
-    run_train(FAST + ["--epochs", "4"], tmp_path, cifar_dir)
+    result = result_of(run_train(FAST + ["--epochs", "4"], tmp_path, cifar_dir))
+    assert "test_acc" not in result  # without --test
+    assert list(tmp_path.rglob("*.test.json")) == []
     kept = {checkpoint.parse_name(p.name).epoch for p in checkpoint_files(tmp_path)}
     missing = min(set(range(1, 5)) - kept)
     completed = run_train(FAST + ["--epochs", str(missing), "--test"], tmp_path, cifar_dir)
