@@ -318,6 +318,8 @@ def stop_with_parent() -> None:
 
     Runs in the child between fork and exec. Without it, a killed compare.py would leave its
     searches and trainings running, and the rerun's hyperband.py would find its search locked.
+    NOTE: prctl exists on Linux only. Elsewhere the children outlive a killed compare.py, so a rerun
+    waits for their trainings' locks, or exits naming the hyperband.py that still runs a search.
     """
     parent = os.getppid()
     pr_set_pdeathsig = 1  # from <sys/prctl.h>

@@ -132,18 +132,43 @@ def test_sigkill_then_rerun_same_report(finished, tmp_path, cifar_dir, space_fil
     assert report_of(tmp_path).read_bytes() == report_of(finished).read_bytes()
 
 
-def test_search_repeats_adds_costly_estimate(finished, cifar_dir, space_file):
-    # Reuses the first search and its retrainings, and adds a search with seed 1 per model.
-    completed = run_compare(finished, cifar_dir, space_file, ["--search-repeats", "2"])
-    assert completed.returncode == 0, completed.stderr
-    text = completed.stdout
+def test_search_repeats_plans_seeds(tmp_path, space_file):
+    args = compare.build_parser().parse_args(SETTINGS + ["--space-a", str(space_file), "--space-b", str(space_file),
+                                                         "--search-repeats", "2", "--seed", "5"])
+    specs = compare.check_arguments(args, compare.build_parser())
+    searches = compare.plan_searches(args, specs, tmp_path)
+    assert [(search.spec.side, search.index, search.seed) for search in searches] == [
+        ("a", 0, 5), ("a", 1, 6), ("b", 0, 5), ("b", 1, 6)]
+    assert len({search.folder for search in searches}) == 4
+    for search in searches:
+        assert search.argv[search.argv.index("--seed") + 1] == str(search.seed)
+        assert search.folder.parent == tmp_path / "searches"
+
+
+def test_search_repeats_report_shows_both(tmp_path):
+    import compare_report
+
+    # Model A scores 0.6 + i / 100 in run i of search 0, and 0.5 in search 1; model B scores less.
+    settings = compare_report.Settings(labels=("A", "B"), dataset="cifar10", max_epochs=2, eta=3, seed=0,
+                                       val_fraction=0.1, repeats=3, search_repeats=2, resample_split=False)
+    runs = []
+    for label, base in (("A", 0.6), ("B", 0.4)):
+        for search, count in ((0, 3), (1, 1)):
+            for index in range(count):
+                accuracy = base + index / 100 if search == 0 else base - 0.1
+                config = checkpoint.Config(model="small", seed=index + 1)
+                stored = {"status": "ok", "test_acc": accuracy, "test_loss": 1.0}
+                runs.append(compare_report.RunResult(label, search, index, config, 2, stored, "python train.py"))
+    winners = [compare_report.Winner(label, search, search, checkpoint.Config(model="small"), 2, 0.5, tmp_path,
+                                     "python hyperband.py") for label in "AB" for search in (0, 1)]
+    path, text = compare_report.write_report(tmp_path, settings, winners, runs)
+    assert path.read_text() == text
+    assert "A beats B with probability 1.00 (95% CI 1.00 to 1.00)." in text
     assert "Estimate from 2 searches, one retraining of each winner." in text
-    assert "Verdict from repeated searches:" in text
-    assert "The two estimates of P(small w0.5 > small w0.25) differ by" in text
-    assert text.count("python hyperband.py ") == 4
-    assert text.count("python train.py ") == 6
-    assert "--seed 1 " in text
-    assert "retraining 2 of 6 runs" in completed.stderr
+    assert "| 3 retrainings of one search's winner | 1.000 | 1.000 to 1.000 |" in text
+    assert "| 2 searches, one retraining of each winner | 1.000 | 1.000 to 1.000 |" in text
+    assert "The two estimates of P(A > B) differ by +0.000." in text
+    assert text.count("python train.py") == 8
 
 
 # ---------------------------------------------------------------- seeds of the retrained runs
