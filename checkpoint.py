@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import io
+import json
 import logging
 import math
 import os
@@ -34,6 +35,8 @@ ACCURACY_DECIMALS = 4
 FORMAT_VERSION = 1
 SUFFIX = ".pt"
 HISTORY_SUFFIX = ".history.json"
+TEST_RESULT_SUFFIX = ".test.json"
+TEST_RESULT_FORMAT_VERSION = 1
 TEMP_MARKER = ".tmp-"
 
 # Exit codes of train.py that the search driver reads.
@@ -192,6 +195,34 @@ def history_name(config: Config) -> str:
     The name never parses as a checkpoint name, so listing checkpoints skips it.
     """
     return config_stem(config) + HISTORY_SUFFIX
+
+
+def test_result_name(config: Config, epoch: int) -> str:
+    """Build the name of the JSON file that stores the test result of `config` after `epoch` epochs.
+
+    train.py --test writes it beside the checkpoints. The name never parses as a checkpoint name.
+    """
+    return f"{config_stem(config)}_ep{epoch:04d}{TEST_RESULT_SUFFIX}"
+
+
+def read_test_result(folder: Path, config: Config, epoch: int) -> dict | None:
+    """Read the stored test result of `config` after `epoch` epochs, or return None when there is none.
+
+    Raises UnusableCheckpoint when the file is not valid JSON or describes another run.
+    """
+    path = Path(folder) / test_result_name(config, epoch)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        stored = json.loads(text)
+    except ValueError as error:
+        raise UnusableCheckpoint(f"{path}: not valid JSON ({error})") from error
+    expected = {"format_version": TEST_RESULT_FORMAT_VERSION, "config": config.to_dict(), "epoch": epoch}
+    if not isinstance(stored, dict) or any(stored.get(key) != value for key, value in expected.items()):
+        raise UnusableCheckpoint(f"{path}: not the test result of this configuration at epoch {epoch}")
+    return stored
 
 
 @dataclasses.dataclass(frozen=True)

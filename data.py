@@ -221,6 +221,16 @@ def load_device_data(dataset: str, data_dir: Path, cache_dir: Path | None, val_f
     )
 
 
+def load_test_data(dataset: str, data_dir: Path, cache_dir: Path | None,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the test images (N, 3, 32, 32) uint8 and labels of `dataset` on `device`.
+
+    Only `train.py --test` reads them, to report a final accuracy; nothing is chosen by them.
+    """
+    arrays = load_arrays(dataset, data_dir, cache_dir)
+    return torch.from_numpy(arrays["test_x"]).to(device), torch.from_numpy(arrays["test_y"]).to(device)
+
+
 # ---------------------------------------------------------------- batches
 
 

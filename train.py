@@ -9,6 +9,12 @@ $SCRATCH/checkpoints/<dataset>/<model>/, named after the configuration, the comp
 validation accuracy. The same command run again continues exactly where it stopped. Progress goes to
 stderr; the last line on stdout is one JSON object with status ("ok" or "diverged"), epoch,
 val_acc, val_loss and checkpoint.
+
+    python train.py --model vgg11 --width 0.25 --lr 0.05 --epochs 9 --data-dir ~/data --test
+
+With --test it also evaluates the model of epoch --epochs once on the test set, stores the result
+in <configuration>_ep<epochs>.test.json beside the checkpoints, and adds test_acc and test_loss to the
+result line. The search never passes --test, so the test set takes part in no choice.
 """
 
 from __future__ import annotations
@@ -91,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
                      help="give up after this long when another process trains this configuration "
                           "(default: wait until it is done)")
+    run.add_argument("--test", action="store_true",
+                     help="after training, evaluate the model of epoch --epochs once on the test set, store "
+                          "test_acc and test_loss beside its checkpoints and add them to the result line "
+                          "(a rerun reports the stored values)")
     run.add_argument("--quiet", action="store_true", help="print no progress, only warnings and the result line")
     run.add_argument("--check", action="store_true",
                      help="check the arguments and the dataset files (downloading them when missing), "
@@ -330,6 +340,78 @@ class SaveFailed(Exception):
     pass
 
 
+# ---------------------------------------------------------------- test set
+
+
+class TestUnavailable(Exception):
+    """The model of the requested epoch is no longer on disk, so its test accuracy cannot be computed."""
+
+
+def test_result(args: argparse.Namespace, config: Config, device, folder: Path, scratch: Path,
+                state: dict) -> dict:
+    """Return test_acc and test_loss of the model after --epochs epochs, evaluating it on the first request only.
+
+    The first evaluation is stored with `checkpoint.write_atomic` in a JSON file beside the
+    checkpoints (`checkpoint.test_result_name`), and later requests return it without reading the
+    test set again. A run that diverged by then has no test result: both values are None.
+    """
+    import torch
+
+    import data
+    import models
+    import training
+
+    epoch = min(args.epochs, state["epoch"])
+    path = folder / checkpoint.test_result_name(config, epoch)
+    try:
+        stored = checkpoint.read_test_result(folder, config, epoch)
+    except checkpoint.UnusableCheckpoint as error:
+        log.warning("ignoring the unusable test result %s; it is renamed with the suffix .unusable and "
+                    "computed again", error)
+        os.replace(path, path.with_name(path.name + ".unusable"))
+        stored = None
+    if stored is not None:
+        log.info("test result of epoch %d read from %s", epoch, path)
+        return {"test_acc": stored["test_acc"], "test_loss": stored["test_loss"]}
+
+    # The weights of that epoch: in memory when it is the latest, else from its checkpoint if kept
+    diverged = epoch == state["epoch"] and state["status"] == "diverged"
+    if diverged:
+        weights, source = None, None
+    elif epoch == state["epoch"]:
+        weights, source = state["model"], checkpoint.format_name(config, epoch, state["history"][-1]["val_acc"])
+    else:
+        kept_by_epoch = {parsed.epoch: file for parsed, file in checkpoint.list_checkpoints(folder, config)}
+        if epoch not in kept_by_epoch:
+            kept_epochs = ", ".join(map(str, sorted(kept_by_epoch)))
+            raise TestUnavailable(
+                f"the checkpoint of epoch {epoch} was not kept (kept epochs: {kept_epochs}), so its test "
+                f"accuracy cannot be computed; use --epochs {state['epoch']} with --test instead")
+        source = kept_by_epoch[epoch].name
+        weights = checkpoint.load_checkpoint(kept_by_epoch[epoch], config)["model"]
+
+    # Evaluate once and store
+    test_acc = test_loss = None
+    if not diverged:
+        data_dir = args.data_dir if args.data_dir is not None else scratch / "data"
+        test_x, test_y = data.load_test_data(config.dataset, data_dir, scratch / "cache", device)
+        model = models.build_model(config.model, config.width, data.DATASETS[config.dataset]["classes"])
+        model.load_state_dict(weights)
+        model = model.to(device, memory_format=torch.channels_last)
+        metrics = training.evaluate(model, test_x, test_y, max(config.batch_size, 256), config.precision)
+        test_acc, test_loss = metrics.accuracy, metrics.loss if math.isfinite(metrics.loss) else None
+        log.info("test accuracy after epoch %d: %.4f, loss %.4f (%d images)", epoch, metrics.accuracy,
+                 metrics.loss, metrics.examples)
+    stored = {"format_version": checkpoint.TEST_RESULT_FORMAT_VERSION, "config": config.to_dict(), "epoch": epoch,
+              "status": "diverged" if diverged else "ok", "test_acc": test_acc, "test_loss": test_loss,
+              "checkpoint": source}
+    try:
+        checkpoint.write_atomic((json.dumps(stored, allow_nan=False, indent=1) + "\n").encode(), path)
+    except OSError as error:
+        raise SaveFailed(f"saving the test result {path} failed: {error.strerror or error}") from error
+    return {"test_acc": test_acc, "test_loss": test_loss}
+
+
 def update_history_file(folder: Path, state: dict) -> None:
     """Rewrite the history file from the checkpoint being resumed when the two differ.
 
@@ -425,7 +507,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             log.info("this configuration diverged at epoch %d; nothing to train", state["epoch"])
         else:
             log.info("already trained to epoch %d (%s); nothing to train", state["epoch"], path)
-        print_result(result_line(state, path, epoch=args.epochs, epochs_trained=epochs_trained))
+        result = result_line(state, path, epoch=args.epochs, epochs_trained=epochs_trained)
+        if args.test:
+            result.update(test_result(args, config, device, folder, scratch, state))
+        print_result(result)
         return checkpoint.EXIT_OK
     except checkpoint.UnusableCheckpoint as error:
         print(f"error: {error}", file=sys.stderr)
@@ -433,6 +518,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return checkpoint.EXIT_DATA_MISSING
+    except TestUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except SaveFailed as error:
         print(f"error: {error}. The previous checkpoint is intact: free space or fix the folder, then rerun.",
               file=sys.stderr)

@@ -429,3 +429,65 @@ def test_damaged_file_resumes_from_good(tmp_path, cifar_dir, two_trained_configs
         assert not damaged.exists()
     again = run_train(FAST + ["--epochs", "2"], tmp_path, cifar_dir)
     assert damaged.name not in again.stderr
+
+
+# ---------------------------------------------------------------- the test set
+
+
+def test_test_flag_stores_then_reads(tmp_path, cifar_dir):
+    completed = run_train(FAST + ["--epochs", "2", "--test"], tmp_path, cifar_dir)
+    first = result_of(completed)
+    stored_path = tmp_path / "checkpoints" / "cifar10" / "small" / checkpoint.test_result_name(
+        checkpoint.parse_name(Path(first["checkpoint"]).name).config, 2)
+    stored = json.loads(stored_path.read_text())
+    assert 0.0 <= first["test_acc"] <= 1.0
+    assert first["test_loss"] > 0
+    assert stored["test_acc"] == first["test_acc"]
+    assert stored["test_loss"] == first["test_loss"]
+    assert stored["epoch"] == 2
+    assert stored["checkpoint"] == Path(first["checkpoint"]).name
+    # Checkpoint names stay as they were, and only checkpoints parse as checkpoint names.
+    assert all(checkpoint.parse_name(p.name) is not None for p in checkpoint_files(tmp_path))
+    assert checkpoint.parse_name(stored_path.name) is None
+
+    # A rerun reports the stored result without evaluating again.
+    written = stored_path.stat().st_mtime_ns
+    completed = run_train(FAST + ["--epochs", "2", "--test"], tmp_path, cifar_dir)
+    again = result_of(completed)
+    assert again == {**first, "epochs_trained": 0}
+    assert stored_path.stat().st_mtime_ns == written
+    assert "read from" in completed.stderr
+
+
+def test_test_result_matches_evaluation(tmp_path, cifar_dir):
+    import data
+    import models
+    import training
+
+    result = result_of(run_train(FAST + ["--epochs", "1", "--test"], tmp_path, cifar_dir))
+    model = models.build_model("small", 0.5, 10)
+    model.load_state_dict(load(Path(result["checkpoint"]))["model"])
+    test_x, test_y = data.load_test_data("cifar10", cifar_dir, None, torch.device("cpu"))
+    metrics = training.evaluate(model, test_x, test_y, 256)
+    assert result["test_acc"] == metrics.accuracy
+    assert result["test_loss"] == pytest.approx(metrics.loss, rel=1e-5)
+
+
+def test_test_flag_diverged_has_none(tmp_path, cifar_dir):
+    result = result_of(run_train(FAST + ["--lr", "1e+12", "--epochs", "2", "--test"], tmp_path, cifar_dir))
+    assert result["status"] == "diverged"
+    assert result["test_acc"] is None
+    assert json.loads(next(tmp_path.rglob("*.test.json")).read_text())["status"] == "diverged"
+
+
+def test_test_flag_pruned_epoch_exits_1(tmp_path, cifar_dir):
+    result = result_of(run_train(FAST + ["--epochs", "4"], tmp_path, cifar_dir))
+    assert "test_acc" not in result  # without --test
+    assert list(tmp_path.rglob("*.test.json")) == []
+    kept = {checkpoint.parse_name(p.name).epoch for p in checkpoint_files(tmp_path)}
+    missing = min(set(range(1, 5)) - kept)
+    completed = run_train(FAST + ["--epochs", str(missing), "--test"], tmp_path, cifar_dir)
+    assert completed.returncode == 1
+    assert f"epoch {missing} was not kept" in completed.stderr
+    assert "--epochs 4 with --test" in completed.stderr
+    assert list(tmp_path.rglob("*.test.json")) == []
