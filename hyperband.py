@@ -219,6 +219,16 @@ def warn_if_node_local(scratch: Path) -> None:
                     "the allocation has one node", scratch.resolve(), reason)
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary files that a driver killed while writing the search's files left behind.
+
+    Call this only while holding the search's lock: then no other driver writes in the folder.
+    """
+    for path in [*folder.glob(f".*{checkpoint.TEMP_MARKER}*"), *folder.glob(f"*/.*{checkpoint.TEMP_MARKER}*")]:
+        path.unlink(missing_ok=True)
+        log.info("deleted %s, left behind by an interrupted write", path)
+
+
 def lock_search(folder: Path):
     """Hold an exclusive lock on the search folder, or exit naming the process that holds it."""
     path = folder / ".lock"
@@ -340,6 +350,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     log.info("trials at once: %d (%s)", len(slots), ", ".join(slot.name for slot in slots))
     folder.mkdir(parents=True, exist_ok=True)
     lock = lock_search(folder)
+    remove_stale_temporaries(folder)
 
     # The search, with a progress bar over all its epochs
     total_epochs = sum(bracket.epochs_with_reuse for bracket in brackets)

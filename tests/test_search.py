@@ -495,10 +495,16 @@ def test_rerun_launches_no_trial(finished_search, cifar_dir, space_file):
     logs_before = file_snapshot(folder / "logs")
     journal_before = (folder / "results.jsonl").read_bytes()
     leaderboard_before = (folder / "leaderboard.csv").read_text()
+    # What a driver killed while writing its own files leaves behind
+    stale = [folder / ".rounds.json.tmp-999999", folder / "plots" / ".loss.png.tmp-999999"]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"partial")
 
     second = run_hyperband(scratch, cifar_dir, "--space", str(space_file))
 
     assert second.returncode == 0, second.stderr
+    assert not any(path.exists() for path in stale)
     assert printed_leaderboard(second.stdout) == printed_leaderboard(first.stdout)
     assert file_snapshot(scratch / "checkpoints") == before
     assert file_snapshot(folder / "logs") == logs_before
