@@ -40,12 +40,14 @@ import checkpoint
 import cli
 import compare_report
 import hyperband
-from launcher import make_slots, visible_gpus
+from launcher import make_slots, stop_process_groups, visible_gpus
 from search import train_arguments
 
 log = logging.getLogger("compare")
 
 HYPERBAND_SCRIPT = Path(__file__).resolve().parent / "hyperband.py"
+# Seconds a stopped search or retraining gets after SIGTERM; a search uses 10 of them to stop its trials.
+STOP_GRACE_SECONDS = 30.0
 
 
 # ---------------------------------------------------------------- command line
@@ -336,23 +338,6 @@ def start(argv: list[str], log_path: Path, env: dict[str, str] | None = None) ->
                                 preexec_fn=stop_with_parent if sys.platform.startswith("linux") else None)
 
 
-def stop(processes: list[subprocess.Popen], grace_seconds: float = 30.0) -> None:
-    """Send SIGTERM to each process group, wait for them, then SIGKILL those still alive."""
-    for process in processes:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace_seconds
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("process %d did not stop within %.0f s of SIGTERM; killing it", process.pid, grace_seconds)
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def last_lines(path: Path, count: int = 5) -> str:
     try:
         lines = path.read_text(errors="replace").strip().splitlines()
@@ -374,7 +359,7 @@ def run_search(search: SearchRun, logs: Path, quiet: bool) -> None:
     try:
         code = process.wait()
     except BaseException:
-        stop([process])
+        stop_process_groups([process], STOP_GRACE_SECONDS)
         raise
     if code == checkpoint.EXIT_USAGE:
         # hyperband.py exits 2 for settings that it or train.py rejects, such as an unknown model.
@@ -423,7 +408,7 @@ def run_repeats(repeats: list[RepeatRun], args: argparse.Namespace, scratch: Pat
                           f"{repeat.config.seed}, split {repeat.config.split_seed}): {score}", file=sys.stderr,
                           flush=True)
     except BaseException:
-        stop(list(running))
+        stop_process_groups(list(running), STOP_GRACE_SECONDS)
         raise
     if failures:
         raise ComparisonError("these retrainings failed; rerun the same command to retry them:\n"

@@ -95,24 +95,32 @@ class LocalLauncher:
 
     def stop(self, trials: list[RunningTrial], grace_seconds: float = 10.0) -> None:
         """Stop the trials' process groups: SIGTERM to all, then SIGKILL to those alive after `grace_seconds`."""
-        for trial in trials:
-            self._signal_group(trial, signal.SIGTERM)
-        deadline = time.monotonic() + grace_seconds
-        for trial in trials:
-            try:
-                trial.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("pid %d did not stop within %.0f s of SIGTERM; killing it", trial.process.pid,
-                            grace_seconds)
-                self.kill(trial)
+        stop_process_groups([trial.process for trial in trials], grace_seconds)
 
     def kill(self, trial: RunningTrial) -> None:
-        self._signal_group(trial, signal.SIGKILL)
+        _signal_group(trial.process, signal.SIGKILL)
         trial.process.wait()
 
-    @staticmethod
-    def _signal_group(trial: RunningTrial, signum: int) -> None:
+
+def stop_process_groups(processes: list[subprocess.Popen], grace_seconds: float) -> None:
+    """Send SIGTERM to each process's group, wait, then SIGKILL the groups still alive after `grace_seconds`.
+
+    Each process must lead its own group (started with start_new_session=True).
+    """
+    for process in processes:
+        _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
         try:
-            os.killpg(trial.process.pid, signum)
-        except ProcessLookupError:
-            pass
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop within %.0f s of SIGTERM; killing it", process.pid, grace_seconds)
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass

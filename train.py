@@ -239,7 +239,6 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
     import torch
 
     import data
-    import models
     import training
 
     # Data
@@ -248,11 +247,7 @@ def train(args: argparse.Namespace, config: Config, device, folder: Path, scratc
                                         config.split_seed, device)
 
     # Model and optimizer, with the initial weights drawn from the seed
-    torch.manual_seed(config.seed)
-    model = models.build_model(config.model, config.width, device_data.classes)
-    model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    model, optimizer = training.build_model_and_optimizer(config, device_data.classes, device)
     generator = torch.Generator()
     generator.manual_seed(config.seed)
 

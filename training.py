@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+import checkpoint
 import data
+import models
 
 
 def autocast(device: torch.device, precision: str):
@@ -24,6 +26,17 @@ def autocast(device: torch.device, precision: str):
     bfloat16 keeps float32's exponent range, so unlike float16 it needs no gradient scaler.
     """
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def build_model_and_optimizer(config: checkpoint.Config, classes: int,
+                              device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Build `config`'s model in channels_last on `device`, its initial weights drawn from the seed, and its SGD."""
+    torch.manual_seed(config.seed)
+    model = models.build_model(config.model, config.width, classes)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    return model, optimizer
 
 
 def learning_rate(base_lr: float, decay: float, step: int, epoch: int) -> float:

@@ -66,18 +66,17 @@ def prepare(model_name: str, precision: str, args: argparse.Namespace, data_dir:
     """Load the data onto the device and build the model and optimizer; return a function that trains one epoch."""
     import torch
 
+    import checkpoint
     import data
-    import models
     import training
 
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     device_data = data.load_device_data("cifar10", data_dir, None, 0.1, 0, device)
-    torch.manual_seed(0)
-    model = models.build_model(model_name, args.width, device_data.classes)
-    model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    config = checkpoint.Config(model=model_name, width=args.width, lr=0.05, batch_size=args.batch_size,
+                               precision=precision)
+    model, optimizer = training.build_model_and_optimizer(config, device_data.classes, device)
     generator = torch.Generator()
     generator.manual_seed(0)
 
