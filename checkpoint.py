@@ -373,7 +373,7 @@ def load_checkpoint(path: Path, config: Config) -> dict:
 
     try:
         # mmap reads tensor data from the page cache as it is used instead of copying the whole
-        # file first; checkpoints are replaced atomically, never rewritten in place, so the mapped
+        # file first. Checkpoints are replaced atomically, never rewritten in place, so the mapped
         # file cannot change under the loaded tensors.
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises many types for damaged or hostile files

@@ -7,8 +7,8 @@
 
 Both models get one Hyperband search each with the same settings (hyperband.py subprocesses, with
 --seed, --seed + 1, ... when searches are repeated). The winner of each search, read from its
-leaderboard.csv, is trained from scratch --repeats times with train.py --test, each run with its own
-seed of initialisation, data order and augmentation, and evaluated once on the test set, which
+leaderboard.csv, is trained from scratch --repeats times with train.py --test. Each run has its own
+seed of initialisation, data order and augmentation, and is evaluated once on the test set, which
 takes part in no choice. The report gives each model's test accuracy with a bootstrap interval and
 P(A > B), the probability that a run of A beats a run of B.
 

@@ -2,8 +2,8 @@
 
 Nothing here trains, reads the clock or depends on the order in which runs finished, and the
 bootstrap is seeded with the comparison's seed, so the same finished runs always give the same
-report, byte for byte. matplotlib is imported only to draw the plot. Without it the report says so
-and one warning per process names the command that installs it.
+report, byte for byte. matplotlib is imported only to draw the plot. Without it the report states
+that the plot is missing, and one warning per process names the command that installs it.
 """
 
 from __future__ import annotations

@@ -165,8 +165,8 @@ class Search:
         failures = collections.Counter()  # (bracket, round, trial) -> infrastructure failures so far
         try:
             while True:
-                # Close every round whose results are all in; the next round may be complete at once
-                # when an earlier run of the search already trained it.
+                # Close every round whose results are all in. The next round may be complete at once,
+                # because an earlier run of the search may have trained it already.
                 for progress in brackets:
                     while not progress.done and all(result is not None for result in progress.results):
                         self._close_round(progress, queue)

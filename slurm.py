@@ -16,7 +16,7 @@ Behaviour of srun and scancel that this module relies on, checked on Slurm 22.05
   returns train.py's own exit code.
 - SIGKILL sent to srun leaves the step running, so `kill` uses `scancel --signal=KILL JOB.STEP`.
 - srun exits with 1 when it fails itself, for instance when the step cannot be created. It then
-  writes no "task 0: Exited with exit code" line, which tells its failure from train.py's exit code 1.
+  writes no "task 0: Exited with exit code" line, which distinguishes its failure from train.py's exit code 1.
 """
 
 from __future__ import annotations

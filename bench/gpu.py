@@ -8,8 +8,8 @@ Two tables:
 1. Epoch time of vgg16 and resnet18 in fp32 and bf16 (autocast), through train.py's own code
    (`training.train_one_epoch` over `data.train_batches`, data resident on the device), timed
    after one warm-up epoch so that cudnn.benchmark has chosen its kernels.
-2. Aggregate training images per second with K processes on the same GPU, for K in 1, 2, 4, 8:
-   each process loads its data and model and trains one warm-up epoch, then all start together
+2. Aggregate training images per second with K processes on the same GPU, for K in 1, 2, 4, 8.
+   Each process loads its data and model and trains one warm-up epoch. Then all start together
    from a barrier and train `--epochs` more. The aggregate is every process's images over the
    time from the barrier to the last process's end.
 

@@ -10,10 +10,10 @@ trial's start time, duration and epochs trained (rounds.json) and each trained e
 - the epochs actually trained, against the plan's total with checkpoint reuse (they must be
   equal) and without reuse (the saving);
 - slot utilisation: the seconds that trials ran, summed, over slots times the search's wall time;
-- where the rest of the slot time went: trial start-up and shut-down (inside a trial but outside
-  its epochs), idle slots while other trials ran (every trial left to start waited for its round's
-  slowest trial to end), and idle slots while no trial ran (driver work: its start-up, the report
-  and the plots).
+- where the rest of the slot time went. Trial start-up and shut-down is time inside a trial but
+  outside its epochs. Idle slots while other trials ran mean that every trial left to start waited
+  for its round's slowest trial to end. Idle slots while no trial ran are driver work: its start-up,
+  the report and the plots.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main() -> int:
         results = [result for record in records for result in record.results]
         trained = sum(result.epochs_trained for result in results)
         busy = sum(result.seconds for result in results)
-        # Each configuration's last checkpoint holds the history of all its epochs, each trained once.
+        # Each configuration's last checkpoint contains the history of all its epochs, each trained once.
         last_checkpoint = {result.stem: result.checkpoint for result in results}
         training = sum(training_seconds(path) for path in last_checkpoint.values())
         waiting, driver = idle_slot_seconds(results, args.workers, started, started + wall)

@@ -64,7 +64,7 @@ def test_every_field_changes_the_name():
     assert len(names) == len(changes) + 1
 
 
-def test_default_split_and_precision_stay_out_of_the_name():
+def test_name_omits_default_split_precision():
     name = format_name(Config(), 1, 0.5)
     assert "split" not in name
     assert "fp32" not in name

@@ -370,7 +370,7 @@ def test_journal_restart_launches_nothing(tmp_path):
 
 
 def test_brackets_share_slots(tmp_path):
-    # While bracket 0's slow trial holds one slot, its round cannot end, so bracket 1's trials run
+    # While bracket 0's slow trial occupies one slot, its round cannot end, so bracket 1's trials run
     # in the other slot instead of waiting for it.
     brackets, configs, stub_launcher = stub_setup(tmp_path, {(0, 2): "slow"})
     rows = make_search(tmp_path, brackets, configs, stub_launcher).run()

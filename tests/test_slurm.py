@@ -194,7 +194,7 @@ def test_driver_outside_allocation_exits_2(tmp_path, cifar_dir):
 
 
 def test_unwritable_scratch_exits_2(cifar_dir):
-    # sysfs rejects new folders even for root, for whom file permissions are no obstacle.
+    # sysfs rejects new folders even for root, who is not stopped by file permissions.
     scratch = Path("/sys/hyperband-test-scratch")
 
     completed = run_hyperband(scratch, cifar_dir)
